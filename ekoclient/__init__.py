@@ -1,0 +1,34 @@
+"""ekoclient: one pool, many API keys, for ekoDB-compatible services.
+
+The public surface is small: the clients, the Authenticator, the ``where`` filter builder,
+and the :mod:`ekoclient.errors` and :mod:`ekoclient.models` modules.
+"""
+
+from ._client import (
+    AsyncAuthenticator,
+    AsyncClient,
+    Authenticator,
+    Client,
+    CredentialsView,
+)
+from ._config import ClientBuilder, ClientOptions, PoolOptions, RetryOptions, TimeoutOptions
+from ._filters import Filter, where
+from ._tokens import RateLimitInfo
+from ._version import __version__
+
+__all__ = [
+    "AsyncAuthenticator",
+    "AsyncClient",
+    "Authenticator",
+    "Client",
+    "ClientBuilder",
+    "ClientOptions",
+    "CredentialsView",
+    "Filter",
+    "PoolOptions",
+    "RateLimitInfo",
+    "RetryOptions",
+    "TimeoutOptions",
+    "__version__",
+    "where",
+]

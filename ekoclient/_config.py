@@ -1,0 +1,238 @@
+"""Client options: validated once, with messages that say what to fix.
+
+``Client(...)``, ``Client.builder()`` and ``Client.from_env()`` all end in one
+:class:`ClientOptions`, so every way of configuring a client gets the same checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from ._version import __version__
+from .errors import ConfigurationError
+
+
+class RetryOptions(BaseModel):
+    """Exponential backoff with full jitter; see :mod:`ekoclient._retry`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(5, ge=1, le=50)
+    initial: float = Field(0.05, gt=0, le=60)
+    maximum: float = Field(1.0, gt=0, le=300)
+    max_elapsed: float = Field(30.0, gt=0)
+    retry_after_cap: float = Field(60.0, ge=0)
+    budget_capacity: float = Field(20.0, ge=0)
+    budget_ratio: float = Field(0.2, ge=0)
+    budget_per_second: float = Field(5.0, ge=0)
+
+
+class PoolOptions(BaseModel):
+    """Limits of the one connection pool every service and view shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_connections: int = Field(100, ge=1)
+    max_keepalive: int = Field(20, ge=0)
+    keepalive_expiry: float = Field(5.0, ge=0)
+
+
+class TimeoutOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float = Field(5.0, gt=0)
+    read: float = Field(30.0, gt=0)
+    write: float = Field(30.0, gt=0)
+    pool: float = Field(10.0, gt=0)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientOptions(BaseModel):
+    """Everything a client can be told. Built by the constructor, builder or ``from_env``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    hosts: tuple[str, ...]
+    api_key: SecretStr | None = None
+    ca_bundle: str | None = None
+    verify: bool = True
+    allow_insecure: bool = False
+    retry: RetryOptions = RetryOptions()
+    pool: PoolOptions = PoolOptions()
+    timeout: TimeoutOptions = TimeoutOptions()
+    token_refresh_margin: float = Field(60.0, ge=0)
+    token_cache_size: int = Field(10_000, ge=1)
+    user_agent_suffix: str | None = None
+    event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None
+    transport: Any = None
+    host_cooldown: float = Field(1.0, gt=0)
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        if not hosts:
+            raise ValueError("give a base_url or at least one host")
+        out = []
+        for url in hosts:
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL with a host name")
+            if parts.query or parts.fragment or parts.username or parts.password:
+                raise ValueError(f"{url!r} may not carry credentials, a query or a fragment")
+            out.append(url.rstrip("/"))
+        return tuple(out)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _check_ca(cls, path: str | None) -> str | None:
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"CA bundle {path!r} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _check_plain_http(self) -> ClientOptions:
+        for url in self.hosts:
+            parts = urlsplit(url)
+            insecure = parts.scheme == "http" and not self.allow_insecure
+            if insecure and not _is_loopback(parts.hostname or ""):
+                raise ValueError(
+                    f"refusing plain http to {parts.hostname}: use https, or pass "
+                    "allow_insecure=True if you really mean to send keys in clear"
+                )
+        return self
+
+    @property
+    def user_agent(self) -> str:
+        ua = f"ekoclient/{__version__} python/{platform.python_version()}"
+        return f"{ua} {self.user_agent_suffix}" if self.user_agent_suffix else ua
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> ClientOptions:
+        """Validate keyword options, turning pydantic's report into a ConfigurationError."""
+        base_url = kwargs.pop("base_url", None)
+        hosts = kwargs.pop("hosts", None)
+        if base_url is not None and hosts is not None:
+            raise ConfigurationError("give either base_url or hosts, not both")
+        kwargs["hosts"] = tuple(hosts) if hosts is not None else (
+            (base_url,) if base_url is not None else ())
+        timeout = kwargs.get("timeout")
+        if isinstance(timeout, (int, float)):
+            kwargs["timeout"] = TimeoutOptions(connect=timeout, read=timeout, write=timeout,
+                                               pool=timeout)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            return cls(**kwargs)
+        except PydanticValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}"
+                for e in exc.errors(include_input=False)
+            )
+            raise ConfigurationError(f"invalid client options: {problems}") from None
+
+
+C = TypeVar("C")
+
+
+class ClientBuilder(Generic[C]):
+    """Fluent construction: ``Client.builder().base_url(u).api_key(k).build()``."""
+
+    def __init__(self, factory: Callable[..., C]) -> None:
+        self._factory = factory
+        self._options: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k == "api_key" else v) for k, v in self._options.items()}
+        return f"ClientBuilder({shown})"
+
+    def base_url(self, url: str) -> ClientBuilder[C]:
+        self._options["base_url"] = url
+        return self
+
+    def hosts(self, urls: list[str] | tuple[str, ...]) -> ClientBuilder[C]:
+        self._options["hosts"] = tuple(urls)
+        return self
+
+    def api_key(self, key: str) -> ClientBuilder[C]:
+        self._options["api_key"] = key
+        return self
+
+    def ca_bundle(self, path: str | os.PathLike[str]) -> ClientBuilder[C]:
+        self._options["ca_bundle"] = os.fspath(path)
+        return self
+
+    def verify(self, verify: bool) -> ClientBuilder[C]:
+        self._options["verify"] = verify
+        return self
+
+    def allow_insecure(self, allow: bool = True) -> ClientBuilder[C]:
+        self._options["allow_insecure"] = allow
+        return self
+
+    def retry(self, **options: Any) -> ClientBuilder[C]:
+        self._options["retry"] = options
+        return self
+
+    def pool(self, **options: Any) -> ClientBuilder[C]:
+        self._options["pool"] = options
+        return self
+
+    def timeout(self, **options: Any) -> ClientBuilder[C]:
+        self._options["timeout"] = options
+        return self
+
+    def token_refresh_margin(self, seconds: float) -> ClientBuilder[C]:
+        self._options["token_refresh_margin"] = seconds
+        return self
+
+    def token_cache_size(self, size: int) -> ClientBuilder[C]:
+        self._options["token_cache_size"] = size
+        return self
+
+    def user_agent_suffix(self, suffix: str) -> ClientBuilder[C]:
+        self._options["user_agent_suffix"] = suffix
+        return self
+
+    def event_hooks(self, hooks: Mapping[str, list[Callable[..., Any]]]) -> ClientBuilder[C]:
+        self._options["event_hooks"] = hooks
+        return self
+
+    def transport(self, transport: Any) -> ClientBuilder[C]:
+        """An httpx transport to use instead of the network (tests, custom proxies)."""
+        self._options["transport"] = transport
+        return self
+
+    def build(self) -> C:
+        return self._factory(**self._options)
+
+
+def options_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Options from ``EKODB_URL``, ``EKODB_API_KEY`` and ``EKODB_CA_BUNDLE``."""
+    env = os.environ if environ is None else environ
+    url = env.get("EKODB_URL")
+    if not url and "base_url" not in overrides and "hosts" not in overrides:
+        raise ConfigurationError("EKODB_URL is not set; it should hold the service's base URL")
+    options: dict[str, Any] = {}
+    if url and "hosts" not in overrides:
+        options["base_url"] = url
+    if env.get("EKODB_API_KEY"):
+        options["api_key"] = env["EKODB_API_KEY"]
+    if env.get("EKODB_CA_BUNDLE"):
+        options["ca_bundle"] = env["EKODB_CA_BUNDLE"]
+    options.update(overrides)
+    return options

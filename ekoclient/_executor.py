@@ -1,0 +1,351 @@
+"""Runs :class:`~ekoclient._call.Call` descriptions: host → auth → retry → transport → errors.
+
+All decisions live in :class:`ExecutorCore` and are free of I/O: what headers to send, what an
+answer means (done, refresh the token and replay, wait and retry, or raise), how a token
+exchange is read. :class:`SyncExecutor` and :class:`AsyncExecutor` only add the I/O, the
+sleeping and the locking, each in a loop of a few lines, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from ._call import Call, json_call
+from ._config import ClientOptions
+from ._hosts import HostPool
+from ._http import AsyncTransport, Response, SyncTransport, ssl_context
+from ._retry import RETRYABLE_STATUSES, RetryPolicy, RetryState, retry_after_of
+from ._tokens import Credential, CredentialState, RateLimitInfo, TokenCache
+from .errors import (
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    EkoError,
+    TransportError,
+    error_from_response,
+)
+
+T = TypeVar("T")
+
+logger = logging.getLogger("ekoclient")
+
+# What to do after an answer.
+DONE, REFRESH, RETRY, RAISE = range(4)
+
+
+def _exchange_call(credential: Credential) -> Call[str]:
+    return json_call("POST", "/api/auth/token", _parse_token, {"api_key": credential.reveal()},
+                     auth=False)
+
+
+def _parse_token(response: Response) -> str:
+    token = response.json().get("token")
+    if not isinstance(token, str):
+        raise TransportError("the token endpoint answered without a token")
+    return token
+
+
+class ExecutorCore:
+    """The I/O-free half of an executor, shared by the sync and async flavours."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.hosts = HostPool(options.hosts, cooldown=options.host_cooldown)
+        self.tokens = TokenCache(options.token_cache_size)
+        r = options.retry
+        from ._retry import RetryBudget
+
+        self.policy = RetryPolicy(
+            max_attempts=r.max_attempts,
+            initial=r.initial,
+            maximum=r.maximum,
+            max_elapsed=r.max_elapsed,
+            retry_after_cap=r.retry_after_cap,
+            budget=RetryBudget(capacity=r.budget_capacity, ratio=r.budget_ratio,
+                               per_second=r.budget_per_second),
+        )
+        self._margin = options.token_refresh_margin
+
+    def transport_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "transport": o.transport,
+            "verify": ssl_context(o.ca_bundle, o.verify),
+            "max_connections": o.pool.max_connections,
+            "max_keepalive": o.pool.max_keepalive,
+            "keepalive_expiry": o.pool.keepalive_expiry,
+            "timeouts": (o.timeout.connect, o.timeout.read, o.timeout.write, o.timeout.pool),
+            "user_agent": o.user_agent,
+            "event_hooks": o.event_hooks,
+        }
+
+    @staticmethod
+    def headers(call: Call[Any], token: str | None, idempotency_key: str | None
+                ) -> Mapping[str, str]:
+        if token is None and idempotency_key is None:
+            return call.headers
+        headers = dict(call.headers)
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    @staticmethod
+    def idempotency_key(call: Call[Any]) -> str | None:
+        """One key per logical write, kept across all of its retries."""
+        return uuid.uuid4().hex if call.is_write else None
+
+    def succeeded(self, call: Call[Any], host: str, response: Response,
+                  credential: Credential | None) -> None:
+        self.policy.budget.deposit()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %s (request id %s)", call.method, call.path,
+                         response.status_code, response.headers.get("x-request-id"))
+        self.hosts.succeeded(host)
+        if credential is not None:
+            headers = response.headers
+            if "x-ratelimit-limit" in headers:
+                self.observe_rate_limit(credential, headers)
+
+    def observe_rate_limit(self, credential: Credential, headers: Mapping[str, str]) -> None:
+        def num(name: str) -> int | None:
+            try:
+                return int(headers[name])
+            except (KeyError, ValueError):
+                return None
+
+        reset = num("x-ratelimit-reset")
+        state = self.tokens.state(credential)
+        state.rate_limit = RateLimitInfo(
+            limit=num("x-ratelimit-limit"),
+            remaining=num("x-ratelimit-remaining"),
+            reset=float(reset) if reset is not None else None,
+            observed_at=time.time(),
+        )
+
+    def judge(
+        self,
+        call: Call[Any],
+        host: str,
+        response: Response,
+        body: bytes,
+        credential: Credential | None,
+        retry: RetryState,
+        refreshed: bool,
+    ) -> tuple[int, Any]:
+        """What an error answer means: (REFRESH, None), (RETRY, delay) or (RAISE, error)."""
+        status = response.status_code
+        headers = response.headers
+        if credential is not None and "x-ratelimit-limit" in headers:
+            self.observe_rate_limit(credential, headers)
+        if status == 401 and call.auth and credential is not None and not refreshed:
+            return REFRESH, None
+        retry_after = retry_after_of(headers)
+        error = error_from_response(status, headers, body, retry_after=retry_after)
+        if status >= 500:
+            self.hosts.failed(host)
+        if status == 401 and credential is not None:
+            error = self.revoked(credential, error)
+        if status in RETRYABLE_STATUSES and call.replayable:
+            delay = retry.next_delay(retry_after)
+            if delay is not None:
+                logger.info("%s %s answered %s (request id %s); retry %d in %.2fs",
+                            call.method, call.path, status, error.request_id,
+                            retry.attempt, delay)
+                return RETRY, delay
+        return RAISE, error
+
+    def failed(self, call: Call[Any], host: str, exc: TransportError, retry: RetryState
+               ) -> float | None:
+        """Seconds to wait before retrying a transport failure, or None to raise it."""
+        self.hosts.failed(host)
+        if not call.replayable:
+            return None
+        delay = retry.next_delay()
+        if delay is not None:
+            logger.info("%s %s failed (%s); retry %d in %.2fs",
+                        call.method, call.path, type(exc).__name__, retry.attempt, delay)
+        return delay
+
+    @staticmethod
+    def revoked(credential: Credential, error: APIError) -> AuthenticationError:
+        return AuthenticationError(
+            f"API key {credential.hint} was refused: {error.message}. It may have been "
+            "revoked, rotated or never existed; a new token will not help.",
+            status=error.status, code=error.code, request_id=error.request_id,
+        )
+
+    @staticmethod
+    def no_credential() -> ConfigurationError:
+        return ConfigurationError(
+            "this client has no API key: pass api_key=..., set EKODB_API_KEY, or call "
+            "through Authenticator(client).using_credentials(key)"
+        )
+
+    def store_token(self, state: CredentialState, token: str) -> str:
+        state.store(token, self._margin, time.monotonic())
+        return token
+
+    def exchange_failed(self, state: CredentialState, credential: Credential,
+                        exc: EkoError) -> EkoError:
+        if isinstance(exc, APIError) and exc.status == 401:
+            exc = self.revoked(credential, exc)
+        if isinstance(exc, APIError):
+            state.fail(exc)
+        return exc
+
+    @staticmethod
+    def after_wait(state: CredentialState) -> str | None:
+        """After waiting on another caller's exchange: its token, or its failure."""
+        if state.error is not None:
+            raise state.error.with_traceback(None)
+        return state.usable(time.monotonic())
+
+
+class SyncExecutor(ExecutorCore):
+    """Runs calls on a blocking httpx pool; safe to share across threads."""
+
+    is_async = False
+
+    def __init__(self, options: ClientOptions) -> None:
+        super().__init__(options)
+        self.transport = SyncTransport(**self.transport_kwargs())
+
+    def execute(self, call: Call[T], credential: Credential | None) -> T:
+        retry = self.policy.start(time.monotonic())
+        idem = self.idempotency_key(call)
+        refreshed = False
+        while True:
+            host = self.hosts.pick()
+            token = self.token(credential) if call.auth else None
+            try:
+                response = self.transport.send(
+                    call.method, host + call.path, self.headers(call, token, idem),
+                    call.params, call.content, call.stream)  # type: ignore[arg-type]
+            except TransportError as exc:
+                delay = self.failed(call, host, exc, retry)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                continue
+            if response.status_code < 400:
+                self.succeeded(call, host, response, credential)
+                return call.parse(response)
+            body = self.transport.read(response)
+            response.close()
+            verdict, value = self.judge(call, host, response, body, credential, retry,
+                                        refreshed)
+            if verdict == REFRESH:
+                refreshed = True
+                self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
+            elif verdict == RETRY:
+                time.sleep(value)
+            else:
+                raise value
+
+    def token(self, credential: Credential | None) -> str:
+        if credential is None:
+            raise self.no_credential()
+        state = self.tokens.state(credential)
+        now = time.monotonic()
+        token = state.fresh(now)
+        if token is not None:
+            return token
+        lock = state.thread_lock
+        usable = state.usable(now)
+        if usable is not None:
+            if not lock.acquire(blocking=False):
+                return usable  # someone else is refreshing; the old token still works
+        else:
+            seen = state.generation
+            lock.acquire()
+            if state.generation != seen:
+                lock.release()
+                return self.after_wait(state) or self.token(credential)
+        try:
+            return self.store_token(state, self.execute(_exchange_call(credential), None))
+        except EkoError as exc:
+            raise self.exchange_failed(state, credential, exc) from None
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class AsyncExecutor(ExecutorCore):
+    """Runs calls on an asyncio httpx pool; safe to share across tasks of one loop."""
+
+    is_async = True
+
+    def __init__(self, options: ClientOptions) -> None:
+        super().__init__(options)
+        self.transport = AsyncTransport(**self.transport_kwargs())
+
+    async def execute(self, call: Call[T], credential: Credential | None) -> T:
+        retry = self.policy.start(time.monotonic())
+        idem = self.idempotency_key(call)
+        refreshed = False
+        while True:
+            host = self.hosts.pick()
+            token = await self.token(credential) if call.auth else None
+            try:
+                response = await self.transport.send(
+                    call.method, host + call.path, self.headers(call, token, idem),
+                    call.params, call.content, call.stream)
+            except TransportError as exc:
+                delay = self.failed(call, host, exc, retry)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            if response.status_code < 400:
+                self.succeeded(call, host, response, credential)
+                return call.parse(response)
+            body = await self.transport.read(response)
+            await response.aclose()
+            verdict, value = self.judge(call, host, response, body, credential, retry,
+                                        refreshed)
+            if verdict == REFRESH:
+                refreshed = True
+                self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
+            elif verdict == RETRY:
+                await asyncio.sleep(value)
+            else:
+                raise value
+
+    async def token(self, credential: Credential | None) -> str:
+        if credential is None:
+            raise self.no_credential()
+        state = self.tokens.state(credential)
+        now = time.monotonic()
+        token = state.fresh(now)
+        if token is not None:
+            return token
+        lock = state.async_lock
+        usable = state.usable(now)
+        if usable is not None:
+            if lock.locked():
+                return usable  # someone else is refreshing; the old token still works
+            await lock.acquire()
+        else:
+            seen = state.generation
+            await lock.acquire()
+            if state.generation != seen:
+                lock.release()
+                return self.after_wait(state) or await self.token(credential)
+        try:
+            return self.store_token(state, await self.execute(_exchange_call(credential), None))
+        except EkoError as exc:
+            raise self.exchange_failed(state, credential, exc) from None
+        finally:
+            lock.release()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()

@@ -1,0 +1,108 @@
+"""FastAPI application factory: routes, middlewares and the error envelope."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mock_server import __version__
+from mock_server.asgi import request_id
+from mock_server.config import ServerConfig
+from mock_server.errors import ApiError, code_for_status
+from mock_server.middleware import (
+    BodyLimitMiddleware,
+    ContextMiddleware,
+    FaultMiddleware,
+    IdempotencyMiddleware,
+)
+from mock_server.routes import ROUTERS
+from mock_server.routes.system import faults_router
+from mock_server.state import AppState
+
+log = logging.getLogger("mock_server")
+
+
+def _envelope(
+    request: Request, status: int, code: str, message: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    rid = request_id(request.scope)
+    hdrs = dict(headers or {})
+    if rid:
+        hdrs["X-Request-Id"] = rid
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "request_id": rid}},
+        status_code=status,
+        headers=hdrs,
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _envelope(request, exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404:
+        message = "not found"
+    return _envelope(request, exc.status_code, code_for_status(exc.status_code), message,
+                     exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in list(exc.errors())[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return _envelope(request, 400, "validation_error", "; ".join(parts) or "invalid request")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error (request %s)", request_id(request.scope), exc_info=exc)
+    return _envelope(request, 500, "internal_error", "internal server error")
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    state: AppState | None = None,
+) -> FastAPI:
+    """Build the app; `app.state.ekodb` is the AppState (storage, keys, tokens, metrics…)."""
+    st = state if state is not None else AppState.open(config, environ)
+    app = FastAPI(
+        title="ekoDB reference server",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.state.ekodb = st
+    for router in ROUTERS:
+        app.include_router(router)
+    if config.fault_injection:
+        app.include_router(faults_router)
+
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+    # Added inner → outer.
+    mw: Any = app.add_middleware
+    mw(IdempotencyMiddleware, store=st.idempotency, owner_of=st.owner_of,
+       wait_seconds=config.idempotency_wait)
+    if config.fault_injection:
+        mw(FaultMiddleware, injector=st.faults)
+    mw(BodyLimitMiddleware, config=config)
+    mw(ContextMiddleware, metrics=st.metrics)
+    return app

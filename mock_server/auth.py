@@ -1,0 +1,131 @@
+"""Request authentication: bearer token → fresh key row → Principal.
+
+The key row is re-read on every request (never cached), so deletion, rotation, scope
+narrowing and allowlist changes bite on the very next request of an issued token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mock_server.errors import ApiError, forbidden, unauthorized
+from mock_server.keys import IPAddress, IPNetwork, KeyRecord, KeyStore, normalize_ip
+from mock_server.metrics import Metrics
+from mock_server.permissions import Level, PermissionDenied, Scope
+from mock_server.tokens import TokenError, TokenService
+
+INVALID_TOKEN = "invalid or expired token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    key_id: str
+    label: str
+    is_admin: bool
+    read_only: bool
+    tier: str
+    scope: Scope
+    record: KeyRecord
+
+    def require(self, resource: str, level: Level) -> None:
+        """403 unless the key may act on `resource` at `level`."""
+        try:
+            self.scope.require(resource, level)
+        except PermissionDenied as exc:
+            raise forbidden(str(exc)) from None
+
+    def require_admin(self, *, write: bool = False) -> None:
+        """403 unless this is an admin key (and not read-only, for writes)."""
+        if not self.is_admin:
+            raise forbidden("admin key required")
+        if write and self.read_only:
+            raise forbidden("key is read-only")
+
+
+def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def client_ip(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
+) -> IPAddress | None:
+    """Client address; X-Forwarded-For is honoured only when the peer is a trusted proxy,
+    walking from the right and skipping trusted hops (left entries are client-forgeable)."""
+    ip = normalize_ip(peer) if peer else None
+    if ip is None or not trusted or not forwarded_for:
+        return ip
+
+    def is_trusted(addr: IPAddress) -> bool:
+        return any(addr.version == n.version and addr in n for n in trusted)
+
+    if not is_trusted(ip):
+        return ip
+    for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+        addr = normalize_ip(hop)
+        if addr is None:
+            return ip  # garbage in the chain: stop at the last address we trust to be real
+        ip = addr
+        if not is_trusted(addr):
+            return addr
+    return ip
+
+
+class Authenticator:
+    """Turns a request's credentials into a Principal or raises 401/403."""
+
+    def __init__(self, keys: KeyStore, tokens: TokenService, metrics: Metrics) -> None:
+        self.keys = keys
+        self.tokens = tokens
+        self.metrics = metrics
+
+    def _fail(self) -> ApiError:
+        self.metrics.inc("ekodb_failed_auth_total")
+        return unauthorized(INVALID_TOKEN)
+
+    @staticmethod
+    def bearer(authorization: str | None) -> str | None:
+        if not authorization:
+            return None
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        return value.strip()
+
+    def key_id_of(self, authorization: str | None) -> str | None:
+        """Key id of a validly signed token, without touching the database."""
+        token = self.bearer(authorization)
+        if token is None:
+            return None
+        try:
+            return self.tokens.verify(token).key_id
+        except TokenError:
+            return None
+
+    def principal(self, authorization: str | None, ip: IPAddress | None) -> Principal:
+        token = self.bearer(authorization)
+        if token is None:
+            self.metrics.inc("ekodb_failed_auth_total")
+            raise unauthorized("missing bearer token")
+        try:
+            claims = self.tokens.verify(token)
+        except TokenError:
+            raise self._fail() from None
+        record = self.keys.get(claims.key_id)
+        if record is None or record.version != claims.version:
+            raise self._fail()
+        if not record.ip_allowed(ip):
+            self.metrics.inc("ekodb_failed_auth_total")
+            raise forbidden("client address not allowed for this key")
+        return Principal(
+            key_id=record.key_id,
+            label=record.label,
+            is_admin=record.is_admin,
+            read_only=record.read_only,
+            tier=record.tier,
+            scope=record.scope(),
+            record=record,
+        )

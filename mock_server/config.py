@@ -1,0 +1,78 @@
+"""Server configuration: one plain dataclass so tests and the CLI build it the same way."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GIB = 1024**3
+MIB = 1024**2
+
+TIERS: tuple[str, ...] = (
+    "free",
+    "developer",
+    "startup",
+    "business",
+    "professional",
+    "enterprise_basic",
+    "enterprise_standard",
+)
+
+#: Requests per minute per tier (SPEC §4.5 seed table).
+TIER_LIMITS: dict[str, int] = {
+    "free": 50,
+    "developer": 100,
+    "startup": 250,
+    "business": 500,
+    "professional": 1000,
+    "enterprise_basic": 2000,
+    "enterprise_standard": 4000,
+}
+
+
+@dataclass
+class ServerConfig:
+    """Everything a server instance needs; defaults are the safe ones."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
+    token_ttl: int = 3600
+    max_token_lifetime: int = 24 * 3600
+    max_body_bytes: int = 16 * MIB
+    #: Per-path-prefix body limits; the longest matching prefix wins.
+    body_limit_overrides: dict[str, int] = field(
+        default_factory=lambda: {"/api/blob/": 8 * GIB}
+    )
+    max_json_depth: int = 64
+    failed_auth_limit: int = 20
+    trusted_proxies: list[str] = field(default_factory=list)
+    fault_injection: bool = False
+    key_env: str = "test"
+    idempotency_ttl: int = 24 * 3600
+    #: How long a retry waits for a still-running first attempt with the same key.
+    idempotency_wait: float = 30.0
+    tier_limits: dict[str, int] = field(default_factory=lambda: dict(TIER_LIMITS))
+    issuer: str = "ekodb-reference"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(os.fspath(self.data_dir)).resolve()
+        if self.tls_cert is not None:
+            self.tls_cert = Path(self.tls_cert)
+        if self.tls_key is not None:
+            self.tls_key = Path(self.tls_key)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+
+    def body_limit_for(self, path: str) -> int:
+        """Body limit for a request path (blob uploads stream, so they get their own cap)."""
+        best = ""
+        limit = self.max_body_bytes
+        for prefix, value in self.body_limit_overrides.items():
+            if path.startswith(prefix) and len(prefix) > len(best):
+                best, limit = prefix, value
+        return limit

@@ -1,0 +1,177 @@
+"""Server side of SDK retries: remember the first response to each Idempotency-Key.
+
+State lives in SQLite so restarts and several processes on one data dir agree. A row is
+``pending`` while the first attempt runs, then ``done`` with the stored response. Only 2xx
+and 4xx answers are kept (not 5xx, 408, 429), so a failed attempt can be retried for real.
+Stored bodies may contain record data, so they are encrypted like everything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from mock_server.crypto import KeyRing, aad
+from mock_server.storage import Storage, register_schema
+
+register_schema(
+    """
+    CREATE TABLE IF NOT EXISTS idempotency (
+        owner TEXT NOT NULL,
+        ikey BLOB NOT NULL,
+        fingerprint BLOB NOT NULL,
+        state TEXT NOT NULL,
+        status INTEGER,
+        headers TEXT,
+        body BLOB,
+        created REAL NOT NULL,
+        started REAL NOT NULL,
+        holder TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (owner, ikey)
+    );
+    CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created);
+    """
+)
+
+#: A pending row older than this is from a crashed attempt and may be taken over.
+PENDING_LEASE = 120.0
+
+
+#: Holders of the open stores in this process.
+_LIVE: set[str] = set()
+
+
+def _holder_gone(holder: str, me: str) -> bool:
+    """Whether the server instance that claimed a pending row can no longer finish it.
+
+    `holder` is "<pid>:<instance id>". A closed instance in our own process (a restarted
+    in-process server) or a dead pid (SIGKILLed server) will never complete the row.
+    """
+    if holder == me or ":" not in holder:
+        return False
+    pid_text, _, _ = holder.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return holder not in _LIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+MAX_STORED_BODY = 1024 * 1024
+STORED_HEADERS = frozenset({b"content-type", b"location", b"etag", b"last-modified"})
+
+
+def storable(status: int) -> bool:
+    """Whether a response is final enough to replay."""
+    return 200 <= status < 500 and status not in (408, 429)
+
+
+def fingerprint(method: str, path: str, query: bytes) -> bytes:
+    return hashlib.sha256(f"{method.upper()} {path}?".encode() + query).digest()
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+Outcome = Literal["proceed", "wait", "conflict"] | Replay
+
+
+class IdempotencyStore:
+    """Claim / complete / abandon rows keyed by (key id, idempotency key)."""
+
+    def __init__(self, storage: Storage, keyring: KeyRing, ttl: float) -> None:
+        self._storage = storage
+        self._keyring = keyring
+        self._ttl = ttl
+        self._calls = 0
+        self.holder = f"{os.getpid()}:{secrets.token_hex(8)}"
+        _LIVE.add(self.holder)
+
+    def close(self) -> None:
+        """This instance will finish no more requests: its pending rows may be taken over."""
+        _LIVE.discard(self.holder)
+
+    def _ikey(self, owner: str, key: str) -> bytes:
+        return self._keyring.blind_index("idempotency", owner, key)
+
+    def begin(self, owner: str, key: str, fp: bytes) -> Outcome:
+        """Claim the key for a first attempt, or say how to treat a repeat."""
+        ikey = self._ikey(owner, key)
+        now = time.time()
+        self._calls += 1
+        with self._storage.transaction() as conn:
+            if self._calls % 200 == 1:
+                conn.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
+            row = conn.execute(
+                "SELECT fingerprint, state, status, headers, body, created, started, holder"
+                " FROM idempotency WHERE owner = ? AND ikey = ?",
+                (owner, ikey),
+            ).fetchone()
+            if row is not None and row[5] < now - self._ttl:
+                conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ?", (owner, ikey))
+                row = None
+            if row is None:
+                conn.execute(
+                    "INSERT INTO idempotency(owner, ikey, fingerprint, state, created, started,"
+                    " holder) VALUES (?,?,?,'pending',?,?,?)",
+                    (owner, ikey, fp, now, now, self.holder),
+                )
+                return "proceed"
+            stored_fp, state, status, headers, body, _created, started, holder = row
+            if bytes(stored_fp) != fp:
+                return "conflict"
+            if state == "done":
+                plain = self._keyring.decrypt(
+                    "idempotency", owner, body, aad("idempotency", owner, ikey.hex())
+                )
+                hdrs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers)]
+                return Replay(int(status), hdrs, plain)
+            if started < now - PENDING_LEASE or _holder_gone(holder, self.holder):
+                conn.execute(
+                    "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
+                    (now, self.holder, owner, ikey),
+                )
+                return "proceed"
+            return "wait"
+
+    def complete(
+        self, owner: str, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        ikey = self._ikey(owner, key)
+        kept = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in headers
+            if k.lower() in STORED_HEADERS
+        ]
+        sealed = self._keyring.encrypt(
+            "idempotency", owner, body, aad("idempotency", owner, ikey.hex())
+        )
+        with self._storage.transaction() as conn:
+            conn.execute(
+                "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ?"
+                " WHERE owner = ? AND ikey = ?",
+                (status, json.dumps(kept), sealed, owner, ikey),
+            )
+
+    def abandon(self, owner: str, key: str) -> None:
+        """Forget a pending attempt (it failed with 5xx or crashed) so a retry runs anew."""
+        with self._storage.transaction() as conn:
+            conn.execute(
+                "DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND state = 'pending'",
+                (owner, self._ikey(owner, key)),
+            )

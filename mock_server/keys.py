@@ -1,0 +1,350 @@
+"""API key registry: scoped keys stored as keyed hashes, metadata encrypted at rest.
+
+Every lookup reads SQLite (no process cache), so several server processes on one data dir
+agree and revocation/rotation/narrowing take effect on the very next request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mock_server.config import TIERS
+from mock_server.crypto import KeyRing, aad
+from mock_server.permissions import PermissionSpecError, Scope
+from mock_server.storage import Storage, register_schema
+
+ADMIN_KEY_ENV = "EKODB_ADMIN_KEY"
+MAX_KEY_LEN = 256
+MAX_LABEL = 200
+MAX_DESCRIPTION = 2000
+MAX_IPS = 256
+
+register_schema(
+    """
+    CREATE TABLE IF NOT EXISTS api_keys (
+        key_id TEXT PRIMARY KEY,
+        secret_hash BLOB NOT NULL UNIQUE,
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        meta BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS server_meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """
+)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class KeyValidationError(ValueError):
+    """A key field is invalid; the message is safe to show to the client."""
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One API key as stored (never includes the secret)."""
+
+    key_id: str
+    label: str
+    description: str | None
+    is_admin: bool
+    read_only: bool
+    collection_permissions: dict[str, Any]
+    allowed_ips: list[str]
+    tier: str
+    version: int
+    created_at: float
+    networks: tuple[IPNetwork, ...] = field(default=(), compare=False, repr=False)
+
+    def scope(self) -> Scope:
+        return Scope.from_raw(
+            self.collection_permissions, is_admin=self.is_admin, read_only=self.read_only
+        )
+
+    def ip_allowed(self, ip: IPAddress | None) -> bool:
+        """True when the key has no allowlist or the address is inside one of its networks."""
+        if not self.networks:
+            return True
+        if ip is None:
+            return False
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+
+def normalize_ip(text: str) -> IPAddress | None:
+    """Parse an address; IPv4-mapped IPv6 becomes IPv4 so allowlists match either form."""
+    try:
+        ip = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def normalize_network(text: str) -> IPNetwork:
+    """Parse a CIDR (or bare address); IPv4-mapped IPv6 networks become IPv4 networks."""
+    net = ipaddress.ip_network(text.strip(), strict=False)
+    if isinstance(net, ipaddress.IPv6Network):
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None and net.prefixlen >= 96:
+            return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
+
+
+def validate_allowed_ips(raw: object) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise KeyValidationError("allowed_ips must be a list of CIDR strings")
+    if len(raw) > MAX_IPS:
+        raise KeyValidationError(f"allowed_ips has more than {MAX_IPS} entries")
+    out: list[str] = []
+    for item in raw:
+        try:
+            net = normalize_network(item)
+        except ValueError:
+            raise KeyValidationError(f"allowed_ips: {item[:64]!r} is not a CIDR") from None
+        if str(net) not in out:
+            out.append(str(net))
+    return out
+
+
+def _validate_label(label: object) -> str:
+    if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+        raise KeyValidationError(f"label must be a non-empty string of at most {MAX_LABEL} chars")
+    return label
+
+
+def _validate_description(desc: object) -> str | None:
+    if desc is None:
+        return None
+    if not isinstance(desc, str) or len(desc) > MAX_DESCRIPTION:
+        raise KeyValidationError(f"description must be a string of at most {MAX_DESCRIPTION}")
+    return desc
+
+
+def _validate_tier(tier: object) -> str:
+    if tier is None:
+        return "developer"
+    if tier not in TIERS:
+        raise KeyValidationError("tier must be one of " + ", ".join(TIERS))
+    return str(tier)
+
+
+def validate_scope(raw: object, *, is_admin: bool, read_only: bool) -> dict[str, Any]:
+    """Check a permission map with the permission engine; returns the stored JSON form."""
+    perms: object = {} if raw is None else raw
+    if not isinstance(perms, dict):
+        raise KeyValidationError("collection_permissions must be an object")
+    try:
+        Scope.from_raw(perms, is_admin=is_admin, read_only=read_only)
+    except PermissionSpecError as exc:
+        raise KeyValidationError(f"collection_permissions: {exc}") from None
+    return dict(perms)
+
+
+class KeyStore:
+    """CRUD over the ``api_keys`` table."""
+
+    def __init__(self, storage: Storage, keyring: KeyRing, env: str = "test") -> None:
+        self._storage = storage
+        self._keyring = keyring
+        self._env = env
+
+    # -- secrets -------------------------------------------------------------------------
+    def new_secret(self) -> str:
+        return f"eko_{self._env}_{secrets.token_urlsafe(32)}"
+
+    def _hash(self, api_key: str) -> bytes:
+        return self._keyring.blind_index("keys", "secret", api_key)
+
+    # -- row codec -----------------------------------------------------------------------
+    def _seal(self, key_id: str, meta: Mapping[str, Any]) -> bytes:
+        plain = json.dumps(meta, separators=(",", ":")).encode()
+        return self._keyring.encrypt("keys", "", plain, aad("apikey", key_id))
+
+    def _row_to_record(self, row: Sequence[Any]) -> KeyRecord:
+        key_id, version, created_at, sealed = row
+        meta = json.loads(self._keyring.decrypt("keys", "", sealed, aad("apikey", key_id)))
+        ips: list[str] = meta.get("allowed_ips") or []
+        return KeyRecord(
+            key_id=key_id,
+            label=meta["label"],
+            description=meta.get("description"),
+            is_admin=bool(meta["is_admin"]),
+            read_only=bool(meta["read_only"]),
+            collection_permissions=meta.get("collection_permissions") or {},
+            allowed_ips=ips,
+            tier=meta.get("tier", "developer"),
+            version=int(version),
+            created_at=float(created_at),
+            networks=tuple(normalize_network(n) for n in ips),
+        )
+
+    @staticmethod
+    def _meta(rec: KeyRecord) -> dict[str, Any]:
+        return {
+            "label": rec.label,
+            "description": rec.description,
+            "is_admin": rec.is_admin,
+            "read_only": rec.read_only,
+            "collection_permissions": rec.collection_permissions,
+            "allowed_ips": rec.allowed_ips,
+            "tier": rec.tier,
+        }
+
+    # -- operations ----------------------------------------------------------------------
+    def create(
+        self,
+        label: object,
+        *,
+        description: object = None,
+        is_admin: bool = False,
+        read_only: bool = False,
+        collection_permissions: object = None,
+        allowed_ips: object = None,
+        tier: object = None,
+        secret: str | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Create a key; returns the record and the secret (shown to the caller once)."""
+        perms = validate_scope(collection_permissions, is_admin=is_admin, read_only=read_only)
+        ips = validate_allowed_ips(allowed_ips)
+        rec = KeyRecord(
+            key_id="key_" + secrets.token_hex(12),
+            label=_validate_label(label),
+            description=_validate_description(description),
+            is_admin=bool(is_admin),
+            read_only=bool(read_only),
+            collection_permissions=perms,
+            allowed_ips=ips,
+            tier=_validate_tier(tier),
+            version=1,
+            created_at=time.time(),
+            networks=tuple(normalize_network(n) for n in ips),
+        )
+        api_key = secret or self.new_secret()
+        with self._storage.transaction() as conn:
+            conn.execute(
+                "INSERT INTO api_keys(key_id, secret_hash, version, created_at, meta)"
+                " VALUES (?,?,?,?,?)",
+                (rec.key_id, self._hash(api_key), rec.version, rec.created_at,
+                 self._seal(rec.key_id, self._meta(rec))),
+            )
+        return rec, api_key
+
+    def authenticate(self, api_key: object) -> KeyRecord | None:
+        """The key owning this secret, or None (constant-time compare of the keyed hash)."""
+        if not isinstance(api_key, str) or not api_key or len(api_key) > MAX_KEY_LEN:
+            return None
+        digest = self._hash(api_key)
+        row = self._storage.conn.execute(
+            "SELECT key_id, version, created_at, meta, secret_hash FROM api_keys"
+            " WHERE secret_hash = ?",
+            (digest,),
+        ).fetchone()
+        if row is None or not hmac.compare_digest(bytes(row[4]), digest):
+            return None
+        return self._row_to_record(row[:4])
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        row = self._storage.conn.execute(
+            "SELECT key_id, version, created_at, meta FROM api_keys WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        return None if row is None else self._row_to_record(row)
+
+    def list(self) -> list[KeyRecord]:
+        rows = self._storage.conn.execute(
+            "SELECT key_id, version, created_at, meta FROM api_keys ORDER BY created_at, key_id"
+        ).fetchall()
+        return [self._row_to_record(r) for r in rows]
+
+    def delete(self, key_id: str) -> bool:
+        with self._storage.transaction() as conn:
+            cur = conn.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
+        return cur.rowcount > 0
+
+    def rotate(self, key_id: str) -> tuple[KeyRecord, str] | None:
+        """New secret, same id and permissions, version + 1 (old tokens stop working)."""
+        api_key = self.new_secret()
+        with self._storage.transaction() as conn:
+            rec = self.get(key_id)
+            if rec is None:
+                return None
+            conn.execute(
+                "UPDATE api_keys SET secret_hash = ?, version = version + 1 WHERE key_id = ?",
+                (self._hash(api_key), key_id),
+            )
+        new = self.get(key_id)
+        assert new is not None
+        return new, api_key
+
+    def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
+        """Change label/description/permissions/read_only/allowed_ips/tier; bumps version."""
+        with self._storage.transaction() as conn:
+            rec = self.get(key_id)
+            if rec is None:
+                return None
+            meta = self._meta(rec)
+            if "label" in changes:
+                meta["label"] = _validate_label(changes["label"])
+            if "description" in changes:
+                meta["description"] = _validate_description(changes["description"])
+            if "read_only" in changes:
+                if not isinstance(changes["read_only"], bool):
+                    raise KeyValidationError("read_only must be a boolean")
+                meta["read_only"] = changes["read_only"]
+            if "tier" in changes:
+                meta["tier"] = _validate_tier(changes["tier"])
+            if "allowed_ips" in changes:
+                meta["allowed_ips"] = validate_allowed_ips(changes["allowed_ips"])
+            if "collection_permissions" in changes or "read_only" in changes:
+                meta["collection_permissions"] = validate_scope(
+                    changes.get("collection_permissions", meta["collection_permissions"]),
+                    is_admin=meta["is_admin"],
+                    read_only=meta["read_only"],
+                )
+            conn.execute(
+                "UPDATE api_keys SET meta = ?, version = version + 1 WHERE key_id = ?",
+                (self._seal(key_id, meta), key_id),
+            )
+        return self.get(key_id)
+
+    def bootstrap(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Ensure an admin key exists; returns a newly generated admin secret, else None.
+
+        With ``EKODB_ADMIN_KEY`` set, that secret becomes (or stays) an admin key and nothing
+        is returned (the operator already knows it). Otherwise an admin key is generated on the
+        first start of a data dir only, guarded by a marker row so concurrent starts agree.
+        """
+        env = os.environ if environ is None else environ
+        given = env.get(ADMIN_KEY_ENV)
+        with self._storage.transaction() as conn:
+            if given:
+                if len(given) < 16 or len(given) > MAX_KEY_LEN:
+                    raise KeyValidationError(f"{ADMIN_KEY_ENV} must be 16..{MAX_KEY_LEN} chars")
+                if self.authenticate(given) is None:
+                    self.create("admin", description="from " + ADMIN_KEY_ENV, is_admin=True,
+                                secret=given)
+                conn.execute(
+                    "INSERT OR IGNORE INTO server_meta(name, value) VALUES ('bootstrapped', '1')"
+                )
+                return None
+            done = conn.execute(
+                "SELECT 1 FROM server_meta WHERE name = 'bootstrapped'"
+            ).fetchone()
+            if done:
+                return None
+            _, api_key = self.create("admin", description="bootstrap admin key", is_admin=True)
+            conn.execute("INSERT INTO server_meta(name, value) VALUES ('bootstrapped', '1')")
+            return api_key

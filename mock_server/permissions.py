@@ -1,0 +1,588 @@
+"""Pure permission engine for the reference server (SPEC §4.1).
+
+No I/O and no web framework: routes turn a key row into a :class:`Scope` with
+:meth:`Scope.from_raw` and ask it questions. Keeping the rules here, side-effect free,
+lets them be tested exhaustively with property tests instead of through HTTP.
+
+Semantics in brief:
+
+* A permissions document maps a resource name or ``*`` pattern to levels. ``*`` matches
+  any run of characters except ``:``, so a pattern never leaks into another service's
+  namespace (``blob:*`` is every blob table, ``*`` is every DataStore collection).
+* The single most specific matching rule decides (exact name, then most literal
+  characters, then the lexicographically smallest pattern); rules are never unioned, so a
+  narrower rule can take rights away.
+* ``admin`` implies ``read`` and ``write``; ``write`` does not imply ``read``.
+* Field rules use dotted paths into nested objects; ``id`` is always readable, and ``id``
+  plus top-level ``_``-prefixed fields are never writable.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "MAX_FIELDS",
+    "MAX_RULES",
+    "PREFIXES",
+    "Level",
+    "PermissionDenied",
+    "PermissionSpecError",
+    "Rule",
+    "Scope",
+    "parse_permissions",
+    "pattern_contains",
+    "pattern_matches",
+    "validate_resource_name",
+]
+
+MAX_RULES = 256
+MAX_FIELDS = 256
+MAX_NAME_LENGTH = 128
+MAX_PATH_LENGTH = 256
+PREFIXES = ("blob:", "queue:", "dedupq:", "bus:")
+
+_NAME_BODY = re.compile(r"[A-Za-z0-9_.\-]+")
+_PATTERN_BODY = re.compile(r"[A-Za-z0-9_.\-*]+")
+_FIELD_PATH = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+_RULE_KEYS = ("read", "write", "admin", "select_fields", "exclude_fields", "writable_fields")
+
+
+class Level(enum.Enum):
+    """Access level a rule may grant on a resource."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+class PermissionSpecError(ValueError):
+    """An invalid permissions document; the message is shown to the user (400)."""
+
+
+class PermissionDenied(ValueError):
+    """An operation the scope does not allow; names resource/level/field, never values (403)."""
+
+
+def _show(text: str, limit: int = 64) -> str:
+    """Quote user input for an error message without letting it grow unbounded."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def validate_resource_name(name: object, *, allow_wildcards: bool = False) -> str:
+    """Check a resource name (or pattern) and return it; raise PermissionSpecError if bad.
+
+    Exposed so the server can validate collection/table/queue names with the same rules
+    the permission documents use.
+    """
+    if not isinstance(name, str):
+        raise PermissionSpecError(f"resource name must be a string, got {type(name).__name__}")
+    prefix, body = "", name
+    if ":" in name:
+        prefix = name[: name.index(":") + 1]
+        body = name[len(prefix) :]
+        if prefix not in PREFIXES:
+            raise PermissionSpecError(
+                f"resource {_show(name)}: unknown prefix {_show(prefix)}; "
+                f"expected a bare collection name or one of {', '.join(PREFIXES)}"
+            )
+    if not 1 <= len(body) <= MAX_NAME_LENGTH:
+        raise PermissionSpecError(
+            f"resource {_show(name)}: name after the prefix must be 1-{MAX_NAME_LENGTH} "
+            f"characters, got {len(body)}"
+        )
+    allowed = _PATTERN_BODY if allow_wildcards else _NAME_BODY
+    if not allowed.fullmatch(body):
+        extra = ", '*'" if allow_wildcards else ""
+        raise PermissionSpecError(
+            f"resource {_show(name)}: name may only contain letters, digits, '_', '.', '-'{extra}"
+        )
+    return name
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a ``*`` pattern; ``*`` is ``[^:]*`` so it never crosses a service prefix."""
+    return re.compile("[^:]*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """True if the resource ``name`` matches ``pattern``."""
+    return _pattern_regex(pattern).fullmatch(name) is not None
+
+
+def pattern_contains(outer: str, inner: str) -> bool:
+    """True if every name matching ``inner`` also matches ``outer`` (sound, not complete).
+
+    We match ``outer`` against the literal text of ``inner``, letting ``outer``'s ``*``
+    swallow ``inner``'s ``*`` characters. Sound: any name matching ``inner`` is ``inner``
+    with each ``*`` replaced by a ``:``-free string; doing the same replacement inside the
+    substrings ``outer``'s stars matched gives ``:``-free substrings again, so the name
+    matches ``outer``. If the test is ever incomplete for a contrived pair, that only
+    makes :meth:`Scope.covers` stricter, never looser.
+    """
+    return pattern_matches(outer, inner)
+
+
+def _patterns_intersect(p: str, q: str) -> bool:
+    """True if some name matches both patterns (exact, by a walk over the product automaton)."""
+    seen: set[tuple[int, int]] = set()
+    todo = [(0, 0)]
+    while todo:
+        i, j = todo.pop()
+        if (i, j) in seen:
+            continue
+        seen.add((i, j))
+        if i == len(p) and j == len(q):
+            return True
+        nxt: list[tuple[int, int]] = []
+        if i < len(p) and p[i] == "*":
+            nxt.append((i + 1, j))  # p's star matches nothing more
+            if j < len(q) and q[j] not in "*:":
+                nxt.append((i, j + 1))  # p's star eats q's literal
+        if j < len(q) and q[j] == "*":
+            nxt.append((i, j + 1))
+            if i < len(p) and p[i] not in "*:":
+                nxt.append((i + 1, j))
+        if i < len(p) and j < len(q) and p[i] == q[j] and p[i] != "*":
+            nxt.append((i + 1, j + 1))
+        todo.extend(nxt)
+    return False
+
+
+def _specificity(pattern: str) -> tuple[int, int, str]:
+    """Sort key: smaller is more specific (exact name, more literals, then lexicographic)."""
+    is_pattern = 1 if "*" in pattern else 0
+    return (is_pattern, -(len(pattern) - pattern.count("*")), pattern)
+
+
+# --------------------------------------------------------------------------- field paths
+
+
+def _segments(path: str) -> list[str] | None:
+    """Split a dotted path; None if it has an empty segment (ambiguous, never allowed)."""
+    parts = path.split(".")
+    return None if any(not part for part in parts) else parts
+
+
+def _at_or_below(path: str, base: str) -> bool:
+    """True if ``path`` equals ``base`` or is nested inside it."""
+    return path == base or path.startswith(base + ".")
+
+
+def _related(a: str, b: str) -> bool:
+    """True if one path equals or contains the other."""
+    return _at_or_below(a, b) or _at_or_below(b, a)
+
+
+def _is_system(path: str) -> bool:
+    """``id`` and top-level ``_`` fields belong to the server and are never client-writable."""
+    top = path.split(".", 1)[0]
+    return top == "id" or top.startswith("_")
+
+
+def _parse_fields(resource: str, key: str, value: object) -> tuple[str, ...]:
+    """Validate a list of field paths and return it sorted and de-duplicated (canonical)."""
+    where = f"resource {_show(resource)}: {key}"
+    if not isinstance(value, (list, tuple)):
+        raise PermissionSpecError(f"{where} must be a list of field paths")
+    if len(value) > MAX_FIELDS:
+        raise PermissionSpecError(f"{where} has {len(value)} entries, at most {MAX_FIELDS}")
+    for path in value:
+        if not isinstance(path, str):
+            raise PermissionSpecError(f"{where} entries must be strings")
+        if len(path) > MAX_PATH_LENGTH or not _FIELD_PATH.fullmatch(path):
+            raise PermissionSpecError(
+                f"{where} entry {_show(path)} is not a dotted field path of letters, digits, "
+                f"'_' or '-' (no empty segments, at most {MAX_PATH_LENGTH} characters)"
+            )
+        if key == "exclude_fields" and path.split(".", 1)[0] == "id":
+            raise PermissionSpecError(f"{where}: 'id' is always readable and cannot be excluded")
+        if key == "writable_fields" and _is_system(path):
+            raise PermissionSpecError(
+                f"{where}: {_show(path)} is a system field ('id' or starting with '_') "
+                "and is never writable"
+            )
+    return tuple(sorted(set(value)))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one permissions entry grants; built by :func:`parse_permissions` (validated)."""
+
+    read: bool = False
+    write: bool = False
+    admin: bool = False
+    select_fields: tuple[str, ...] | None = None
+    exclude_fields: tuple[str, ...] = ()
+    writable_fields: tuple[str, ...] | None = None
+
+    def grants(self, level: Level) -> bool:
+        """Level check with admin implying read and write (write does not imply read)."""
+        if level is Level.READ:
+            return self.read or self.admin
+        if level is Level.WRITE:
+            return self.write or self.admin
+        return self.admin
+
+    def levels(self) -> frozenset[Level]:
+        """Every level this rule grants, implications included."""
+        return frozenset(level for level in Level if self.grants(level))
+
+    def path_readable(self, path: str) -> bool:
+        """Field rules only (no level check): may this dotted path be read or filtered on?
+
+        An ancestor of an excluded or partly selected path is not readable, because
+        filtering on the whole object would reveal what is hidden inside it.
+        """
+        if path == "id":
+            return True
+        if _segments(path) is None:
+            return False
+        if any(_related(path, excluded) for excluded in self.exclude_fields):
+            return False
+        if self.select_fields is None:
+            return True
+        return any(_at_or_below(path, selected) for selected in self.select_fields)
+
+    def path_writable(self, path: str) -> bool:
+        """Field rules only: writable_fields if given, else whatever is readable."""
+        if _is_system(path) or _segments(path) is None:
+            return False
+        if self.writable_fields is None:
+            return self.path_readable(path)
+        return any(_at_or_below(path, allowed) for allowed in self.writable_fields)
+
+    def to_raw(self) -> dict[str, Any]:
+        """Canonical object form; only non-default keys are emitted."""
+        raw: dict[str, Any] = {}
+        for key in ("read", "write", "admin"):
+            if getattr(self, key):
+                raw[key] = True
+        if self.select_fields is not None:
+            raw["select_fields"] = list(self.select_fields)
+        if self.exclude_fields:
+            raw["exclude_fields"] = list(self.exclude_fields)
+        if self.writable_fields is not None:
+            raw["writable_fields"] = list(self.writable_fields)
+        return raw
+
+    def dominates(self, other: Rule, other_levels: frozenset[Level]) -> bool:
+        """May a key holding ``self`` hand out ``other`` (granting ``other_levels``)?
+
+        Requires ADMIN here, and that what ``other`` can see (records, and paths it can
+        filter on) and write is a subset of what ``self`` can. The checks are sufficient
+        conditions, kept simple: they may refuse an exotic but harmless combination.
+        """
+        if not self.admin or not other_levels <= self.levels():
+            return False
+        if self.select_fields is not None and (
+            other.select_fields is None
+            or not all(
+                any(_at_or_below(path, mine) for mine in self.select_fields)
+                for path in other.select_fields
+            )
+        ):
+            return False
+        for excluded in self.exclude_fields:
+            hidden_by_exclude = any(_at_or_below(excluded, e) for e in other.exclude_fields)
+            hidden_by_select = other.select_fields is not None and not any(
+                _related(path, excluded) for path in other.select_fields
+            )
+            if not (hidden_by_exclude or hidden_by_select):
+                return False
+        if Level.WRITE not in other_levels:
+            return True
+        if self.writable_fields is None:
+            # Our writable set is our readable set; the readable checks above cover
+            # other.writable_fields is None, explicit paths must each be readable here.
+            return other.writable_fields is None or all(
+                self.path_readable(path) for path in other.writable_fields
+            )
+        their_writable = (
+            other.writable_fields if other.writable_fields is not None else other.select_fields
+        )
+        if their_writable is None:
+            return False
+        return all(
+            any(_at_or_below(path, mine) for mine in self.writable_fields)
+            for path in their_writable
+        )
+
+
+def _parse_rule(resource: str, value: object) -> Rule:
+    """Turn one document entry (list of levels or object) into a Rule."""
+    where = f"resource {_show(resource)}"
+    valid_levels = ", ".join(repr(level.value) for level in Level)
+    if isinstance(value, (list, tuple)):
+        levels: set[str] = set()
+        for item in value:
+            if not isinstance(item, str) or item not in {level.value for level in Level}:
+                shown = _show(item) if isinstance(item, str) else type(item).__name__
+                raise PermissionSpecError(
+                    f"{where}: unknown level {shown}; expected {valid_levels}"
+                )
+            levels.add(item)
+        return Rule(read="read" in levels, write="write" in levels, admin="admin" in levels)
+    if not isinstance(value, Mapping):
+        raise PermissionSpecError(
+            f"{where}: expected a list of levels or an object, got {type(value).__name__}"
+        )
+    for key in value:
+        if key not in _RULE_KEYS:
+            shown = _show(key) if isinstance(key, str) else type(key).__name__
+            raise PermissionSpecError(
+                f"{where}: unknown key {shown}; allowed keys are {', '.join(_RULE_KEYS)}"
+            )
+    flags: dict[str, bool] = {}
+    for key in ("read", "write", "admin"):
+        flag = value.get(key, False)
+        if not isinstance(flag, bool):
+            raise PermissionSpecError(f"{where}: {key} must be true or false")
+        flags[key] = flag
+    fields: dict[str, tuple[str, ...] | None] = {}
+    for key in ("select_fields", "exclude_fields", "writable_fields"):
+        given = value.get(key)
+        fields[key] = None if given is None else _parse_fields(resource, key, given)
+    return Rule(
+        read=flags["read"],
+        write=flags["write"],
+        admin=flags["admin"],
+        select_fields=fields["select_fields"],
+        exclude_fields=fields["exclude_fields"] or (),
+        writable_fields=fields["writable_fields"],
+    )
+
+
+def parse_permissions(raw: object) -> dict[str, Rule]:
+    """Validate a permissions document; return rules keyed by pattern, sorted by pattern.
+
+    ``None`` means "no rules" (the SDK sends ``collection_permissions=None`` by default).
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise PermissionSpecError(
+            f"permissions must be an object mapping resource names to levels, "
+            f"got {type(raw).__name__}"
+        )
+    if len(raw) > MAX_RULES:
+        raise PermissionSpecError(f"permissions has {len(raw)} rules, at most {MAX_RULES}")
+    rules: dict[str, Rule] = {}
+    for name in sorted(raw, key=str):
+        pattern = validate_resource_name(name, allow_wildcards=True)
+        rules[pattern] = _parse_rule(pattern, raw[name])
+    return rules
+
+
+# --------------------------------------------------------------------------- scope
+
+
+def _touched_paths(
+    changes: Mapping[Any, Any], prefix: str, paths: set[str], ambiguous: set[str]
+) -> None:
+    """Collect the dotted paths a write body touches (leaves of nested objects).
+
+    This assumes the store deep-merges nested objects. An empty object or any non-object
+    value touches its own path (it replaces what was there). Keys that are not strings,
+    are empty or contain '.' go to ``ambiguous``: they would make dotted paths ambiguous,
+    so no key may write them.
+    """
+    for key, value in changes.items():
+        path = prefix + (key if isinstance(key, str) else str(key))
+        if not isinstance(key, str) or not key or "." in key:
+            ambiguous.add(path)
+        elif isinstance(value, Mapping) and value:
+            _touched_paths(value, path + ".", paths, ambiguous)
+        else:
+            paths.add(path)
+
+
+def _copy_path(source: Mapping[str, Any], target: dict[str, Any], parts: list[str]) -> None:
+    """Copy the value at ``parts`` from source into target, creating parent objects."""
+    head, rest = parts[0], parts[1:]
+    if head not in source:
+        return
+    if not rest:
+        target[head] = copy.deepcopy(source[head])
+        return
+    child = source[head]
+    if not isinstance(child, Mapping):
+        return
+    existing = target.get(head)
+    if not isinstance(existing, dict):
+        existing = {}
+        target[head] = existing
+    _copy_path(child, existing, rest)
+
+
+def _remove_path(target: dict[str, Any], parts: list[str]) -> None:
+    """Delete the value at ``parts`` if present; parents are left in place."""
+    node: Any = target
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Everything one API key may do; immutable, built per request from the key row."""
+
+    is_admin: bool
+    read_only: bool
+    rules: Mapping[str, Rule]
+
+    def __post_init__(self) -> None:
+        # An admin key that is also read-only has no clear meaning (and could mint
+        # writable keys through covers()); refuse it rather than guess.
+        if self.is_admin and self.read_only:
+            raise PermissionSpecError("a key cannot be both is_admin and read_only")
+
+    @classmethod
+    def from_raw(cls, raw_permissions: object, *, is_admin: bool, read_only: bool) -> Scope:
+        """Build a scope from a stored/submitted permissions document (validated)."""
+        for name, flag in (("is_admin", is_admin), ("read_only", read_only)):
+            if not isinstance(flag, bool):
+                raise PermissionSpecError(f"{name} must be true or false")
+        return cls(is_admin=is_admin, read_only=read_only, rules=parse_permissions(raw_permissions))
+
+    def to_raw(self) -> dict[str, Any]:
+        """Canonical JSON permissions (the flags travel separately, as in the key row)."""
+        return {pattern: self.rules[pattern].to_raw() for pattern in sorted(self.rules)}
+
+    def rule_for(self, resource: str) -> Rule | None:
+        """The single most specific rule matching ``resource`` (admin keys ignore rules)."""
+        matching = [pattern for pattern in self.rules if pattern_matches(pattern, resource)]
+        if not matching:
+            return None
+        return self.rules[min(matching, key=_specificity)]
+
+    def allows(self, resource: str, level: Level) -> bool:
+        """Level check for one resource."""
+        if self.is_admin:
+            return True
+        if self.read_only and level is not Level.READ:
+            return False
+        rule = self.rule_for(resource)
+        return rule is not None and rule.grants(level)
+
+    def require(self, resource: str, level: Level) -> None:
+        """Raise PermissionDenied unless ``allows``."""
+        if not self.allows(resource, level):
+            raise PermissionDenied(f"this API key may not {level.value} {_show(resource, 200)}")
+
+    def project(self, resource: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A deep copy of ``record`` holding only what may be read (``id`` always kept).
+
+        Raises PermissionDenied without READ, so a forgotten ``require`` cannot leak.
+        """
+        self.require(resource, Level.READ)
+        rule = None if self.is_admin else self.rule_for(resource)
+        if rule is None:
+            return copy.deepcopy(dict(record))
+        if rule.select_fields is None:
+            result = copy.deepcopy(dict(record))
+        else:
+            result = {}
+            for selected in rule.select_fields:
+                _copy_path(record, result, selected.split("."))
+        if "id" in record:
+            result["id"] = copy.deepcopy(record["id"])
+        for excluded in rule.exclude_fields:
+            _remove_path(result, excluded.split("."))
+        return result
+
+    def readable(self, resource: str, path: str) -> bool:
+        """May this key filter or sort on ``path``? (False without READ.)"""
+        if not self.allows(resource, Level.READ):
+            return False
+        rule = None if self.is_admin else self.rule_for(resource)
+        if rule is None:
+            return _segments(path) is not None
+        return rule.path_readable(path)
+
+    def writable(self, resource: str, path: str) -> bool:
+        """May a write set ``path``? (False without WRITE; system fields never.)"""
+        if not self.allows(resource, Level.WRITE):
+            return False
+        rule = None if self.is_admin else self.rule_for(resource)
+        if rule is None:
+            return not _is_system(path) and _segments(path) is not None
+        return rule.path_writable(path)
+
+    def forbidden_writes(self, resource: str, changes: Mapping[str, Any]) -> list[str]:
+        """Sorted dotted paths of ``changes`` this key may not write; [] means allowed.
+
+        Without WRITE on the resource every touched path is forbidden.
+        """
+        paths: set[str] = set()
+        ambiguous: set[str] = set()
+        _touched_paths(changes, "", paths, ambiguous)
+        bad = ambiguous | {path for path in paths if not self.writable(resource, path)}
+        return sorted(bad)
+
+    def require_writes(self, resource: str, changes: Mapping[str, Any]) -> None:
+        """Raise PermissionDenied naming the fields if any part of the write is forbidden."""
+        self.require(resource, Level.WRITE)
+        bad = self.forbidden_writes(resource, changes)
+        if bad:
+            shown = ", ".join(_show(path) for path in bad[:10])
+            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            raise PermissionDenied(
+                f"this API key may not write field(s) {shown}{more} of {_show(resource, 200)}"
+            )
+
+    def covers(self, other: Scope) -> bool:
+        """May a key with this scope mint a key with ``other``? (Never grants more.)
+
+        For every rule P of ``other`` that grants something: some rule of ours must contain
+        P's pattern (so every resource P can win has a rule here), and every rule Q of ours
+        that could be the winner where P is the winner must dominate P. The pair (P, Q) is
+        impossible when the patterns are disjoint, when a more specific rule of ``other``
+        contains Q, or when a more specific rule of ours contains P. Checking only "some
+        containing rule is admin" (without the pairs) would be unsound: a narrower deny rule
+        of ours would be bypassed.
+        """
+        if other.is_admin:
+            return self.is_admin
+        if self.is_admin:
+            return True
+        if self.read_only:
+            return False
+        for p, p_rule in other.rules.items():
+            p_levels = p_rule.levels()
+            if other.read_only:
+                p_levels &= {Level.READ}
+            if not p_levels:
+                continue
+            if not any(pattern_contains(q, p) for q in self.rules):
+                return False
+            for q, q_rule in self.rules.items():
+                if not _patterns_intersect(p, q):
+                    continue
+                if any(
+                    _specificity(p2) < _specificity(p) and pattern_contains(p2, q)
+                    for p2 in other.rules
+                ):
+                    continue
+                if any(
+                    _specificity(q2) < _specificity(q) and pattern_contains(q2, p)
+                    for q2 in self.rules
+                ):
+                    continue
+                if not q_rule.dominates(p_rule, p_levels):
+                    return False
+        return True

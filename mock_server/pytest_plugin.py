@@ -1,0 +1,100 @@
+"""pytest plugin: a real ekoDB reference server for your tests (no mocks).
+
+Installed with ``ekoclient[server]`` and registered automatically (``pytest11`` entry point).
+
+Fixtures:
+
+``ekodb_server`` (session scope)
+    One in-process server on an ephemeral loopback port with TLS (local CA), a temporary
+    data dir, fault injection enabled and a high failed-auth limit. Yields
+    :class:`ServerInfo` with ``url``, ``ca_bundle``, ``admin_key``, ``data_dir``, ``config``
+    and ``server``::
+
+        def test_insert(ekodb_server):
+            client = Client(base_url=ekodb_server.url, api_key=ekodb_server.admin_key,
+                            ca_bundle=ekodb_server.ca_bundle)
+
+``ekodb_server_factory`` (function scope)
+    ``ekodb_server_factory(token_ttl=5, ...)`` starts another server with custom
+    :class:`~mock_server.config.ServerConfig` fields (fresh data dir unless ``data_dir`` is
+    given); every server it started is stopped at teardown.
+
+For crash tests use :class:`mock_server.testing.ServerProcess` (a real subprocess).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mock_server.config import ServerConfig
+from mock_server.server import ReferenceServer
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where a started reference server lives and how to reach it."""
+
+    url: str
+    #: Absolute path of the CA certificate (a str, like EKODB_CA_BUNDLE); None with
+    #: insecure_http or a user-supplied certificate.
+    ca_bundle: str | None
+    admin_key: str
+    data_dir: Path
+    config: ServerConfig
+    server: ReferenceServer
+
+
+def start_server(data_dir: Path, **overrides: Any) -> ServerInfo:
+    """Start a server (TLS, fault injection on) with the given ServerConfig overrides."""
+    fields: dict[str, Any] = {"fault_injection": True}
+    fields.update(overrides)
+    config = ServerConfig(data_dir=data_dir, **fields)
+    # environ={}: the user's EKODB_* variables must not leak into a test server
+    server = ReferenceServer(config, environ={}).start()
+    if server.admin_key is None:
+        server.stop()
+        raise RuntimeError(f"data dir {data_dir} already has an admin key; use a fresh one")
+    return ServerInfo(
+        server.url,
+        str(server.ca_bundle) if server.ca_bundle is not None else None,
+        server.admin_key,
+        config.data_dir,
+        config,
+        server,
+    )
+
+
+@pytest.fixture(scope="session")
+def ekodb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    # Shared by many tests that all come from 127.0.0.1: a per-IP failed-auth limit of 20
+    # would make unrelated tests fail; use ekodb_server_factory to test the limiter itself.
+    info = start_server(tmp_path_factory.mktemp("ekodb-server"), failed_auth_limit=10_000)
+    try:
+        yield info
+    finally:
+        info.server.stop()
+
+
+ServerFactory = Callable[..., ServerInfo]
+
+
+@pytest.fixture
+def ekodb_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    started: list[ServerInfo] = []
+
+    def factory(**overrides: Any) -> ServerInfo:
+        data_dir = overrides.pop("data_dir", None) or tmp_path_factory.mktemp("ekodb-extra")
+        info = start_server(Path(data_dir), **overrides)
+        started.append(info)
+        return info
+
+    try:
+        yield factory
+    finally:
+        for info in reversed(started):
+            info.server.stop()

@@ -1,0 +1,182 @@
+"""ReferenceServer: run the app on uvicorn in a background thread (tests, CLI, demos)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from mock_server.app import create_app
+from mock_server.config import ServerConfig
+from mock_server.metrics import Metrics
+from mock_server.state import AppState
+from mock_server.tls import ensure_local_ca
+
+
+def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
+    """An H11Protocol that counts TCP connections (ekodb_connections_* metrics)."""
+
+    class CountingH11Protocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            metrics.inc("ekodb_connections_opened_total")
+            metrics.inc("ekodb_connections_open")
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            metrics.inc("ekodb_connections_open", -1)
+            super().connection_lost(exc)
+
+        def shutdown(self) -> None:
+            # An idle keep-alive TLS connection closed politely waits for the peer's
+            # close_notify, which an idle client never sends: shutdown would stall for the
+            # whole grace period. Idle connections carry nothing, so drop them at once.
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+            else:
+                super().shutdown()
+
+    return CountingH11Protocol
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ReferenceServer:
+    """Start with `start()` (or as a context manager); `url`, `ca_bundle`, `admin_key`."""
+
+    def __init__(self, config: ServerConfig, *, environ: Mapping[str, str] | None = None) -> None:
+        if config.insecure_http and not is_loopback(config.host):
+            raise ValueError("insecure_http is only allowed on a loopback host")
+        self.config = config
+        self._environ = environ
+        self.state: AppState | None = None
+        self.port: int = 0
+        self.ca_bundle: Path | None = None
+        self.admin_key: str | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "http" if self.config.insecure_http else "https"
+        host = self.config.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def metrics(self) -> Metrics:
+        assert self.state is not None, "server not started"
+        return self.state.metrics
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by accepted sockets: without it, Nagle + delayed ACK add ~40 ms per
+        # response (headers and body go out in separate writes).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((self.config.host, self.config.port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+
+    def start(self, timeout: float = 30.0) -> ReferenceServer:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> ReferenceServer:
+        cfg = self.config
+        self.state = AppState.open(cfg, self._environ)
+        self.admin_key = self.state.admin_key
+        app = create_app(cfg, state=self.state)
+        ssl: dict[str, Any] = {}
+        if not cfg.insecure_http:
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
+                self.ca_bundle = None
+            else:
+                files = ensure_local_ca(cfg.data_dir)
+                ssl = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
+                self.ca_bundle = files.ca
+        self._sock = self._bind()
+        self.port = int(self._sock.getsockname()[1])
+        uv_config = uvicorn.Config(
+            app,
+            http=counting_protocol(self.state.metrics),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,  # X-Forwarded-For is handled by us, trusted proxies only
+            server_header=False,
+            timeout_graceful_shutdown=5,
+            **ssl,
+        )
+        self._server = uvicorn.Server(uv_config)
+        sock = self._sock
+        server = self._server
+        self._thread = threading.Thread(
+            target=lambda: server.run(sockets=[sock]), name="ekodb-reference-server",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = threading.Event()
+        waited = 0.0
+        while not server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("reference server failed to start")
+            deadline.wait(0.01)
+            waited += 0.01
+            if waited > timeout:
+                raise RuntimeError("reference server did not start in time")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown: stop accepting, finish in-flight requests, close storage."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive() and self._server is not None:
+                self._server.force_exit = True
+                self._thread.join(timeout)
+        if self._sock is not None:
+            self._sock.close()
+        if self.state is not None:
+            self.state.close()
+        self._server = None
+        self._thread = None
+        self._sock = None
+
+    def __enter__(self) -> ReferenceServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
