@@ -11,8 +11,16 @@ from ._client import (
     Client,
     CredentialsView,
 )
-from ._config import ClientBuilder, ClientOptions, PoolOptions, RetryOptions, TimeoutOptions
+from ._config import (
+    ClientBuilder,
+    ClientOptions,
+    PoolOptions,
+    RateLimitOptions,
+    RetryOptions,
+    TimeoutOptions,
+)
 from ._filters import Filter, where
+from ._hosts import HostDiscovery, HostStatus, StaticHosts
 from ._tokens import RateLimitInfo
 from ._version import __version__
 
@@ -25,9 +33,13 @@ __all__ = [
     "ClientOptions",
     "CredentialsView",
     "Filter",
+    "HostDiscovery",
+    "HostStatus",
     "PoolOptions",
     "RateLimitInfo",
+    "RateLimitOptions",
     "RetryOptions",
+    "StaticHosts",
     "TimeoutOptions",
     "__version__",
     "where",

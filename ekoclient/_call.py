@@ -28,7 +28,9 @@ class Call(Generic[T]):
     """One request to make and how to read its answer.
 
     ``replayable`` is False only for bodies that are consumed as they are sent (an iterator
-    of bytes): such a call cannot be retried once it started sending.
+    of bytes): such a call cannot be retried once it started sending. ``read_only`` marks a
+    query sent as POST (``find``): it changes nothing, so it needs no Idempotency-Key, and
+    sending one would make the server store every answer.
     """
 
     method: str
@@ -40,11 +42,12 @@ class Call(Generic[T]):
     auth: bool = True
     stream: bool = False
     replayable: bool = True
+    read_only: bool = False
 
     @property
     def is_write(self) -> bool:
         """Writes carry an Idempotency-Key so that retrying them applies them once."""
-        return self.method not in _SAFE_METHODS
+        return not self.read_only and self.method not in _SAFE_METHODS
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -58,10 +61,11 @@ def json_call(
     *,
     params: Mapping[str, str | int | float | bool] | None = None,
     auth: bool = True,
+    read_only: bool = False,
 ) -> Call[T]:
     """A call whose body (if any) is JSON; NaN and infinities are refused before sending."""
     if body is None:
-        return Call(method, path, parse, params=params, auth=auth)
+        return Call(method, path, parse, params=params, auth=auth, read_only=read_only)
     try:
         content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     except ValueError as exc:
@@ -69,7 +73,7 @@ def json_call(
     except TypeError as exc:
         raise InvalidArgumentError(f"the request body is not JSON-serialisable: {exc}") from exc
     return Call(method, path, parse, params=params, content=content, headers=_JSON_HEADERS,
-                auth=auth)
+                auth=auth, read_only=read_only)
 
 
 def segment(value: str, what: str) -> str:

@@ -19,14 +19,19 @@ from ._config import (
     ClientBuilder,
     ClientOptions,
     PoolOptions,
+    RateLimitOptions,
     RetryOptions,
     TimeoutOptions,
     options_from_env,
 )
 from ._executor import AsyncExecutor, SyncExecutor
+from ._hosts import HostDiscovery, HostStatus
 from ._service import E
 from ._services.admin import Admin
+from ._services.blobstore import BlobStore
+from ._services.databus import DataBus
 from ._services.datastore import DataStore
+from ._services.queue import DedupQueue, Queue
 from ._tokens import Credential, RateLimitInfo
 
 
@@ -42,8 +47,24 @@ class ServiceSet(Generic[E]):
         return Admin(self._executor, self._credential)
 
     @cached_property
+    def databus(self) -> DataBus[E]:
+        return DataBus(self._executor, self._credential)
+
+    @cached_property
     def datastore(self) -> DataStore[E]:
         return DataStore(self._executor, self._credential)
+
+    @cached_property
+    def queue(self) -> Queue[E]:
+        return Queue(self._executor, self._credential)
+
+    @cached_property
+    def dedup_queue(self) -> DedupQueue[E]:
+        return DedupQueue(self._executor, self._credential)
+
+    @cached_property
+    def blobstore(self) -> BlobStore[E]:
+        return BlobStore(self._executor, self._credential)
 
     @property
     def rate_limit(self) -> RateLimitInfo | None:
@@ -74,21 +95,25 @@ class _ClientBase(ServiceSet[E]):
         retry: RetryOptions | Mapping[str, Any] | None = None,
         pool: PoolOptions | Mapping[str, Any] | None = None,
         timeout: float | TimeoutOptions | Mapping[str, Any] | None = None,
+        rate_limit: RateLimitOptions | Mapping[str, Any] | None = None,
         token_refresh_margin: float | None = None,
         token_cache_size: int | None = None,
         user_agent_suffix: str | None = None,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
         transport: Any = None,
         host_cooldown: float | None = None,
+        host_max_cooldown: float | None = None,
+        discovery: HostDiscovery | None = None,
         options: ClientOptions | None = None,
     ) -> None:
         if options is None:
             options = ClientOptions.build(
                 base_url=base_url, hosts=hosts, api_key=api_key, ca_bundle=ca_bundle,
                 verify=verify, allow_insecure=allow_insecure, retry=retry, pool=pool,
-                timeout=timeout, token_refresh_margin=token_refresh_margin,
+                timeout=timeout, rate_limit=rate_limit, token_refresh_margin=token_refresh_margin,
                 token_cache_size=token_cache_size, user_agent_suffix=user_agent_suffix,
                 event_hooks=event_hooks, transport=transport, host_cooldown=host_cooldown,
+                host_max_cooldown=host_max_cooldown, discovery=discovery,
             )
         self.options = options
         key = options.api_key.get_secret_value() if options.api_key is not None else None
@@ -107,6 +132,10 @@ class _ClientBase(ServiceSet[E]):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """A client from ``EKODB_URL``, ``EKODB_API_KEY`` and ``EKODB_CA_BUNDLE``."""
         return cls(**options_from_env(environ, **overrides))
+
+    def host_status(self) -> list[HostStatus]:
+        """Each host as the client sees it now: healthy, benched, being probed."""
+        return self._executor.hosts.status()
 
     @property
     def token_cache_size(self) -> int:

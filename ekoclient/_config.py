@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -54,6 +54,19 @@ class TimeoutOptions(BaseModel):
     pool: float = Field(10.0, gt=0)
 
 
+class RateLimitOptions(BaseModel):
+    """Client-side pacing from the server's X-RateLimit-* figures; see ekoclient._pacing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Hold calls of a credential whose budget runs low instead of bouncing off 429s.
+    adaptive: bool = False
+    #: Start pacing when ``remaining`` falls to this fraction of the limit (>= 1 call).
+    headroom: float = Field(0.2, ge=0, le=1)
+    #: Longest a single call is held.
+    max_delay: float = Field(60.0, gt=0)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -61,6 +74,24 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL with a host name")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{url!r} may not carry credentials, a query or a fragment")
+    return url.rstrip("/")
+
+
+def _check_plain_http_url(url: str, allow_insecure: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname or ""):
+        raise ValueError(
+            f"refusing plain http to {parts.hostname}: use https, or pass "
+            "allow_insecure=True if you really mean to send keys in clear"
+        )
 
 
 class ClientOptions(BaseModel):
@@ -76,27 +107,23 @@ class ClientOptions(BaseModel):
     retry: RetryOptions = RetryOptions()
     pool: PoolOptions = PoolOptions()
     timeout: TimeoutOptions = TimeoutOptions()
+    rate_limit: RateLimitOptions = RateLimitOptions()
     token_refresh_margin: float = Field(60.0, ge=0)
     token_cache_size: int = Field(10_000, ge=1)
     user_agent_suffix: str | None = None
     event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None
     transport: Any = None
     host_cooldown: float = Field(1.0, gt=0)
+    host_max_cooldown: float = Field(30.0, gt=0)
+    #: A :class:`ekoclient.HostDiscovery`; ``hosts`` then holds its first answer.
+    discovery: Any = None
 
     @field_validator("hosts")
     @classmethod
     def _check_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
         if not hosts:
             raise ValueError("give a base_url or at least one host")
-        out = []
-        for url in hosts:
-            parts = urlsplit(url)
-            if parts.scheme not in ("https", "http") or not parts.hostname:
-                raise ValueError(f"{url!r} is not an http(s) URL with a host name")
-            if parts.query or parts.fragment or parts.username or parts.password:
-                raise ValueError(f"{url!r} may not carry credentials, a query or a fragment")
-            out.append(url.rstrip("/"))
-        return tuple(out)
+        return tuple(_check_url(url) for url in hosts)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -108,14 +135,15 @@ class ClientOptions(BaseModel):
     @model_validator(mode="after")
     def _check_plain_http(self) -> ClientOptions:
         for url in self.hosts:
-            parts = urlsplit(url)
-            insecure = parts.scheme == "http" and not self.allow_insecure
-            if insecure and not _is_loopback(parts.hostname or ""):
-                raise ValueError(
-                    f"refusing plain http to {parts.hostname}: use https, or pass "
-                    "allow_insecure=True if you really mean to send keys in clear"
-                )
+            _check_plain_http_url(url, self.allow_insecure)
         return self
+
+    def checked_hosts(self, urls: Sequence[str]) -> tuple[str, ...]:
+        """A host list from discovery, held to the same rules as configured hosts."""
+        out = tuple(_check_url(url) for url in urls)
+        for url in out:
+            _check_plain_http_url(url, self.allow_insecure)
+        return out
 
     @property
     def user_agent(self) -> str:
@@ -129,6 +157,11 @@ class ClientOptions(BaseModel):
         hosts = kwargs.pop("hosts", None)
         if base_url is not None and hosts is not None:
             raise ConfigurationError("give either base_url or hosts, not both")
+        discovery = kwargs.get("discovery")
+        if discovery is not None:
+            if base_url is not None or hosts is not None:
+                raise ConfigurationError("give either discovery or base_url/hosts, not both")
+            hosts = _first_hosts(discovery)
         kwargs["hosts"] = tuple(hosts) if hosts is not None else (
             (base_url,) if base_url is not None else ())
         timeout = kwargs.get("timeout")
@@ -144,6 +177,15 @@ class ClientOptions(BaseModel):
                 for e in exc.errors(include_input=False)
             )
             raise ConfigurationError(f"invalid client options: {problems}") from None
+
+
+def _first_hosts(discovery: Any) -> tuple[str, ...]:
+    if not callable(getattr(discovery, "hosts", None)):
+        raise ConfigurationError("discovery must have a hosts() method returning base URLs")
+    try:
+        return tuple(discovery.hosts())
+    except Exception as exc:
+        raise ConfigurationError(f"host discovery failed: {type(exc).__name__}: {exc}") from exc
 
 
 C = TypeVar("C")
@@ -166,6 +208,18 @@ class ClientBuilder(Generic[C]):
 
     def hosts(self, urls: list[str] | tuple[str, ...]) -> ClientBuilder[C]:
         self._options["hosts"] = tuple(urls)
+        return self
+
+    def discovery(self, discovery: Any) -> ClientBuilder[C]:
+        """Hosts from a :class:`ekoclient.HostDiscovery` (DNS, a registry...)."""
+        self._options["discovery"] = discovery
+        return self
+
+    def host_cooldown(self, seconds: float, maximum: float | None = None) -> ClientBuilder[C]:
+        """How long a failing host is benched first, and at most (it doubles per failure)."""
+        self._options["host_cooldown"] = seconds
+        if maximum is not None:
+            self._options["host_max_cooldown"] = maximum
         return self
 
     def api_key(self, key: str) -> ClientBuilder[C]:
@@ -194,6 +248,11 @@ class ClientBuilder(Generic[C]):
 
     def timeout(self, **options: Any) -> ClientBuilder[C]:
         self._options["timeout"] = options
+        return self
+
+    def rate_limit(self, **options: Any) -> ClientBuilder[C]:
+        """Client-side pacing, e.g. ``.rate_limit(adaptive=True)`` (see RateLimitOptions)."""
+        self._options["rate_limit"] = options
         return self
 
     def token_refresh_margin(self, seconds: float) -> ClientBuilder[C]:
@@ -225,10 +284,11 @@ def options_from_env(environ: Mapping[str, str] | None = None, **overrides: Any)
     """Options from ``EKODB_URL``, ``EKODB_API_KEY`` and ``EKODB_CA_BUNDLE``."""
     env = os.environ if environ is None else environ
     url = env.get("EKODB_URL")
-    if not url and "base_url" not in overrides and "hosts" not in overrides:
+    given = {"base_url", "hosts", "discovery"} & overrides.keys()
+    if not url and not given:
         raise ConfigurationError("EKODB_URL is not set; it should hold the service's base URL")
     options: dict[str, Any] = {}
-    if url and "hosts" not in overrides:
+    if url and not given:
         options["base_url"] = url
     if env.get("EKODB_API_KEY"):
         options["api_key"] = env["EKODB_API_KEY"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from ._call import Call, json_call
 from ._config import ClientOptions
 from ._hosts import HostPool
 from ._http import AsyncTransport, Response, SyncTransport, ssl_context
+from ._pacing import pace
 from ._retry import RETRYABLE_STATUSES, RetryPolicy, RetryState, retry_after_of
 from ._tokens import Credential, CredentialState, RateLimitInfo, TokenCache
 from .errors import (
@@ -33,6 +35,8 @@ from .errors import (
 T = TypeVar("T")
 
 logger = logging.getLogger("ekoclient")
+
+HEALTH_PATH = "/api/health"
 
 # What to do after an answer.
 DONE, REFRESH, RETRY, RAISE = range(4)
@@ -55,7 +59,12 @@ class ExecutorCore:
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
-        self.hosts = HostPool(options.hosts, cooldown=options.host_cooldown)
+        discovery = options.discovery
+        refresh = getattr(discovery, "refresh_interval", None) if discovery else None
+        self.hosts = HostPool(options.hosts, cooldown=options.host_cooldown,
+                              max_cooldown=options.host_max_cooldown,
+                              on_probe=self.start_probe, refresh_interval=refresh,
+                              on_refresh=self.start_refresh if refresh else None)
         self.tokens = TokenCache(options.token_cache_size)
         r = options.retry
         from ._retry import RetryBudget
@@ -70,6 +79,9 @@ class ExecutorCore:
                                per_second=r.budget_per_second),
         )
         self._margin = options.token_refresh_margin
+        # client-side pacing from X-RateLimit-* (opt-in); None keeps the hot path bare
+        self.pacing = options.rate_limit if options.rate_limit.adaptive else None
+        self._pace_lock = threading.Lock()
 
     def transport_kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -83,6 +95,37 @@ class ExecutorCore:
             "user_agent": o.user_agent,
             "event_hooks": o.event_hooks,
         }
+
+    def start_probe(self, url: str) -> None:
+        """Begin a health probe of a benched host in the background (per executor)."""
+        raise NotImplementedError
+
+    def start_refresh(self) -> None:
+        """Begin a host discovery refresh in the background (per executor)."""
+        raise NotImplementedError
+
+    def discovered_hosts(self) -> tuple[str, ...]:
+        """Ask discovery again (blocking; run off the caller's path)."""
+        return self.options.checked_hosts(self.options.discovery.hosts())
+
+    def refresh_done(self, urls: tuple[str, ...] | None, exc: BaseException | None) -> None:
+        if exc is not None or not urls:
+            logger.warning("host discovery gave no usable hosts (%s); keeping %s",
+                           exc or "empty list", self.hosts.urls)
+            self.hosts.refresh_failed()
+        else:
+            self.hosts.update(urls)
+
+    def gave_up(self, call: Call[Any], exc: TransportError, retry: RetryState
+                ) -> TransportError:
+        """With several hosts, say that every one was tried, not only the last failure."""
+        count = len(self.hosts.urls)
+        if count < 2 or not call.replayable:
+            return exc
+        error = type(exc)(f"no host answered {call.method} {call.path}: gave up after "
+                          f"{retry.attempt} attempt(s) over {count} hosts; last error: {exc}")
+        error.__cause__ = exc
+        return error
 
     @staticmethod
     def headers(call: Call[Any], token: str | None, idempotency_key: str | None
@@ -112,6 +155,16 @@ class ExecutorCore:
             headers = response.headers
             if "x-ratelimit-limit" in headers:
                 self.observe_rate_limit(credential, headers)
+
+    def pace_delay(self, credential: Credential) -> float:
+        """Seconds to hold a call so that its credential stays under its rate limit."""
+        pacing = self.pacing
+        assert pacing is not None
+        state = self.tokens.state(credential)
+        with self._pace_lock:  # the slot reservation must be atomic across threads
+            delay, state.pace_at = pace(state.rate_limit, state.pace_at, time.time(),
+                                        headroom=pacing.headroom, max_delay=pacing.max_delay)
+        return delay
 
     def observe_rate_limit(self, credential: Credential, headers: Mapping[str, str]) -> None:
         def num(name: str) -> int | None:
@@ -144,17 +197,22 @@ class ExecutorCore:
         headers = response.headers
         if credential is not None and "x-ratelimit-limit" in headers:
             self.observe_rate_limit(credential, headers)
-        if status == 401 and call.auth and credential is not None and not refreshed:
+        if (status == 401 and call.auth and credential is not None and not refreshed
+                and call.replayable):  # a streamed-once body cannot be sent again
             return REFRESH, None
         retry_after = retry_after_of(headers)
         error = error_from_response(status, headers, body, retry_after=retry_after)
+        failover = False
         if status >= 500:
             self.hosts.failed(host)
+            failover = self.hosts.has_healthy()
         if status == 401 and credential is not None:
             error = self.revoked(credential, error)
         if status in RETRYABLE_STATUSES and call.replayable:
             delay = retry.next_delay(retry_after)
             if delay is not None:
+                if failover:
+                    delay = 0.0  # another host is healthy: go there now
                 logger.info("%s %s answered %s (request id %s); retry %d in %.2fs",
                             call.method, call.path, status, error.request_id,
                             retry.attempt, delay)
@@ -169,6 +227,8 @@ class ExecutorCore:
             return None
         delay = retry.next_delay()
         if delay is not None:
+            if self.hosts.has_healthy():
+                delay = 0.0  # another host is healthy: go there now
             logger.info("%s %s failed (%s); retry %d in %.2fs",
                         call.method, call.path, type(exc).__name__, retry.attempt, delay)
         return delay
@@ -217,11 +277,41 @@ class SyncExecutor(ExecutorCore):
         super().__init__(options)
         self.transport = SyncTransport(**self.transport_kwargs())
 
+    def start_probe(self, url: str) -> None:
+        threading.Thread(target=self._probe, args=(url,), name="ekoclient-probe",
+                         daemon=True).start()
+
+    def _probe(self, url: str) -> None:
+        healthy = False
+        try:
+            response = self.transport.send("GET", url + HEALTH_PATH, {}, None, None)
+            healthy = response.status_code == 200
+        except Exception as exc:  # closed client, TLS trouble...: all mean "not yet"
+            logger.debug("health probe of %s failed: %s", url, exc)
+        finally:
+            (self.hosts.probe_succeeded if healthy else self.hosts.probe_failed)(url)
+
+    def start_refresh(self) -> None:
+        threading.Thread(target=self._refresh, name="ekoclient-discovery",
+                         daemon=True).start()
+
+    def _refresh(self) -> None:
+        try:
+            urls = self.discovered_hosts()
+        except Exception as exc:
+            self.refresh_done(None, exc)
+        else:
+            self.refresh_done(urls, None)
+
     def execute(self, call: Call[T], credential: Credential | None) -> T:
         retry = self.policy.start(time.monotonic())
         idem = self.idempotency_key(call)
         refreshed = False
         while True:
+            if self.pacing is not None and call.auth and credential is not None:
+                wait = self.pace_delay(credential)
+                if wait > 0:
+                    time.sleep(wait)
             host = self.hosts.pick()
             token = self.token(credential) if call.auth else None
             try:
@@ -231,7 +321,7 @@ class SyncExecutor(ExecutorCore):
             except TransportError as exc:
                 delay = self.failed(call, host, exc, retry)
                 if delay is None:
-                    raise
+                    raise self.gave_up(call, exc, retry)  # noqa: B904 - cause set inside
                 time.sleep(delay)
                 continue
             if response.status_code < 400:
@@ -287,12 +377,46 @@ class AsyncExecutor(ExecutorCore):
     def __init__(self, options: ClientOptions) -> None:
         super().__init__(options)
         self.transport = AsyncTransport(**self.transport_kwargs())
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # raises off-loop: probe fails
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def start_probe(self, url: str) -> None:
+        self._spawn(self._probe(url))
+
+    async def _probe(self, url: str) -> None:
+        healthy = False
+        try:
+            response = await self.transport.send("GET", url + HEALTH_PATH, {}, None, None)
+            healthy = response.status_code == 200
+        except Exception as exc:
+            logger.debug("health probe of %s failed: %s", url, exc)
+        finally:
+            (self.hosts.probe_succeeded if healthy else self.hosts.probe_failed)(url)
+
+    def start_refresh(self) -> None:
+        self._spawn(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            urls = await asyncio.to_thread(self.discovered_hosts)
+        except Exception as exc:
+            self.refresh_done(None, exc)
+        else:
+            self.refresh_done(urls, None)
 
     async def execute(self, call: Call[T], credential: Credential | None) -> T:
         retry = self.policy.start(time.monotonic())
         idem = self.idempotency_key(call)
         refreshed = False
         while True:
+            if self.pacing is not None and call.auth and credential is not None:
+                wait = self.pace_delay(credential)
+                if wait > 0:
+                    await asyncio.sleep(wait)
             host = self.hosts.pick()
             token = await self.token(credential) if call.auth else None
             try:
@@ -302,7 +426,7 @@ class AsyncExecutor(ExecutorCore):
             except TransportError as exc:
                 delay = self.failed(call, host, exc, retry)
                 if delay is None:
-                    raise
+                    raise self.gave_up(call, exc, retry)  # noqa: B904 - cause set inside
                 await asyncio.sleep(delay)
                 continue
             if response.status_code < 400:
@@ -348,4 +472,6 @@ class AsyncExecutor(ExecutorCore):
             lock.release()
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.transport.aclose()

@@ -82,6 +82,7 @@ class CredentialState:
         "error",
         "expires_at",
         "generation",
+        "pace_at",
         "rate_limit",
         "refresh_at",
         "thread_lock",
@@ -95,6 +96,8 @@ class CredentialState:
         self.generation = 0
         self.error: APIError | None = None
         self.rate_limit: RateLimitInfo | None = None
+        #: Earliest time.time() the next paced call may leave (see ekoclient._pacing).
+        self.pace_at = 0.0
         self.thread_lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
 

@@ -18,6 +18,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "EkoError",
+    "IntegrityError",
     "InvalidArgumentError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -44,6 +45,10 @@ class InvalidArgumentError(EkoError, ValueError):
 
 class TransportError(EkoError):
     """The service could not be reached, or the connection failed before an answer."""
+
+
+class IntegrityError(EkoError):
+    """Bytes received or sent do not match the checksum the service recorded for them."""
 
 
 class APIError(EkoError):

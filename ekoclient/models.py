@@ -11,11 +11,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AckResult",
     "ApiKeyInfo",
     "AuditRecord",
     "BatchFailure",
     "BatchResult",
+    "BlobMetadata",
+    "ConsumeStats",
+    "Event",
+    "Message",
     "NewApiKey",
+    "PollResult",
+    "RenewResult",
+    "Subscription",
 ]
 
 
@@ -43,6 +51,8 @@ class ApiKeyInfo(_Model):
     collection_permissions: dict[str, Any] = Field(default_factory=dict)
     allowed_ips: list[str] = Field(default_factory=list)
     tier: str | None = None
+    #: Requests per rate-limit window set on this key; None = its tier's limit.
+    rate_limit: int | None = None
     created_at: datetime | None = None
 
 
@@ -56,6 +66,22 @@ class AuditRecord(_Model):
     resource: str | None = None
     target_id: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class BlobMetadata(_Model):
+    """What the BlobStore recorded for one blob; ``md5`` and ``sha256`` are hex digests.
+
+    ``content_type`` is the type as uploaded (the service may serve a safer one).
+    """
+
+    table: str
+    blob_id: str
+    length: int
+    md5: str
+    sha256: str
+    content_type: str = "application/octet-stream"
+    timestamp: datetime
+    attributes: dict[str, Any] = Field(default_factory=dict)
 
 
 class BatchFailure(_Model):
@@ -72,3 +98,66 @@ class BatchResult(_Model):
 
     successful: list[str] = Field(default_factory=list)
     failed: list[BatchFailure] = Field(default_factory=list)
+
+
+class Event(_Model):
+    """One DataBus event: a record changed. ``content`` is its content now (projected through
+    the subscriber's field rules), None after a delete. ``key`` is what you ack."""
+
+    key: str
+    collection: str
+    record_id: str
+    operation: str
+    content: dict[str, Any] | None = None
+    timestamp: datetime
+
+
+class PollResult(_Model):
+    """Events claimed by one poll; ``has_more`` means poll again at once."""
+
+    events: list[Event] = Field(default_factory=list)
+    has_more: bool = False
+
+
+class Subscription(_Model):
+    """A DataBus subscription: which collections (names or ``*`` patterns) and records."""
+
+    name: str
+    collections: list[str]
+    filter: dict[str, Any] | None = None
+    ttl: float
+    event_ttl: float
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class Message(_Model):
+    """One Queue/DedupQueue message. ``id`` is what you ack or renew: an id from ``poll``
+    names this claim of the message, so it goes stale once another consumer claims it."""
+
+    id: str
+    payload: Any = None
+
+
+class AckResult(_Model):
+    """Ids acked, and ids that were stale (message gone, or claimed again by another poll)."""
+
+    acked: list[str] = Field(default_factory=list)
+    stale: list[str] = Field(default_factory=list)
+
+
+class RenewResult(_Model):
+    """Ids whose claim was extended, and ids that were stale (their claim was lost)."""
+
+    renewed: list[str] = Field(default_factory=list)
+    stale: list[str] = Field(default_factory=list)
+
+
+class ConsumeStats(_Model):
+    """What one ``consume()`` run did: handler calls that succeeded and were acked, that
+    raised (left to expire), and claims found lost on renew or ack (may be redelivered)."""
+
+    acked: int = 0
+    failed: int = 0
+    lost: int = 0
+    polls: int = 0

@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mock_server.asgi import Scope as AsgiScope
 from mock_server.errors import ApiError, forbidden, unauthorized
 from mock_server.keys import IPAddress, IPNetwork, KeyRecord, KeyStore, normalize_ip
 from mock_server.metrics import Metrics
@@ -50,11 +51,21 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+def forwarded_for(scope: AsgiScope) -> str | None:
+    """Every X-Forwarded-For header line joined in order (RFC 9110 list semantics): a proxy
+    that adds its own line must not be hidden behind a first line the client forged."""
+    values = [bytes(v).decode("latin-1") for k, v in scope.get("headers", ())
+              if k == b"x-forwarded-for"]
+    return ", ".join(values) if values else None
+
+
 def client_ip(
     peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
 ) -> IPAddress | None:
     """Client address; X-Forwarded-For is honoured only when the peer is a trusted proxy,
-    walking from the right and skipping trusted hops (left entries are client-forgeable)."""
+    walking from the right and skipping trusted hops (left entries are client-forgeable).
+    The rightmost untrusted entry decides; if it is not an address, the client is unknown
+    (None: keys with an allowlist are refused) rather than the proxy itself."""
     ip = normalize_ip(peer) if peer else None
     if ip is None or not trusted or not forwarded_for:
         return ip
@@ -67,7 +78,7 @@ def client_ip(
     for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
         addr = normalize_ip(hop)
         if addr is None:
-            return ip  # garbage in the chain: stop at the last address we trust to be real
+            return None  # the deciding entry is garbage: the client's address is unknown
         ip = addr
         if not is_trusted(addr):
             return addr

@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-ttl", type=int, default=3600, help="JWT lifetime in seconds")
     p.add_argument("--fault-injection", action="store_true", help="enable /api/_faults (tests)")
     p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR")
+    p.add_argument("--no-rate-limits", action="store_true",
+                   help="no per-key request limits (the failed-auth limiter stays)")
+    p.add_argument("--rate-limit-window", type=float, default=60.0, metavar="SECONDS",
+                   help="window the tier limits and per-key rate_limit count over")
     return p
 
 
@@ -42,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    if not 0 <= args.port <= 65535 or args.token_ttl <= 0:
-        print("error: invalid --port or --token-ttl", file=sys.stderr)
+    if not 0 <= args.port <= 65535 or args.token_ttl <= 0 or not args.rate_limit_window > 0:
+        print("error: invalid --port, --token-ttl or --rate-limit-window", file=sys.stderr)
         return 2
     config = ServerConfig(
         data_dir=args.data_dir,
@@ -56,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_token_lifetime=max(24 * 3600, args.token_ttl),
         fault_injection=args.fault_injection,
         trusted_proxies=list(args.trusted_proxy),
+        rate_limits_enabled=not args.no_rate_limits,
+        rate_limit_window=args.rate_limit_window,
     )
     stop = threading.Event()
 

@@ -56,7 +56,14 @@ class ServerConfig:
     idempotency_ttl: int = 24 * 3600
     #: How long a retry waits for a still-running first attempt with the same key.
     idempotency_wait: float = 30.0
+    #: Requests per `rate_limit_window` by tier; tiers left out keep the seed value.
     tier_limits: dict[str, int] = field(default_factory=lambda: dict(TIER_LIMITS))
+    #: Per-key request limits (tier or the key's own `rate_limit`); off = no limit, no headers.
+    rate_limits_enabled: bool = True
+    #: The window the tier table and per-key `rate_limit` values count over, in seconds.
+    rate_limit_window: float = 60.0
+    #: Admin keys have no tier limit unless this is set (an explicit per-key limit applies).
+    rate_limit_admin_keys: bool = False
     issuer: str = "ekodb-reference"
 
     def __post_init__(self) -> None:
@@ -67,6 +74,11 @@ class ServerConfig:
             self.tls_key = Path(self.tls_key)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if not self.rate_limit_window > 0:
+            raise ValueError("rate_limit_window must be positive")
+        for tier, limit in self.tier_limits.items():
+            if tier not in TIER_LIMITS or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"tier_limits: {tier!r} must be a known tier with a limit >= 1")
 
     def body_limit_for(self, path: str) -> int:
         """Body limit for a request path (blob uploads stream, so they get their own cap)."""

@@ -66,6 +66,8 @@ class KeyRecord:
     version: int
     created_at: float
     networks: tuple[IPNetwork, ...] = field(default=(), compare=False, repr=False)
+    #: Requests per rate-limit window for this key; None = the tier's limit.
+    rate_limit: int | None = None
 
     def scope(self) -> Scope:
         return Scope.from_raw(
@@ -112,6 +114,8 @@ def validate_allowed_ips(raw: object) -> list[str]:
     out: list[str] = []
     for item in raw:
         try:
+            if "%" in item:  # a zone id names an interface of the client, not a network
+                raise ValueError(item)
             net = normalize_network(item)
         except ValueError:
             raise KeyValidationError(f"allowed_ips: {item[:64]!r} is not a CIDR") from None
@@ -140,6 +144,17 @@ def _validate_tier(tier: object) -> str:
     if tier not in TIERS:
         raise KeyValidationError("tier must be one of " + ", ".join(TIERS))
     return str(tier)
+
+
+MAX_RATE_LIMIT = 100_000_000
+
+
+def validate_rate_limit(raw: object) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_RATE_LIMIT:
+        raise KeyValidationError(f"rate_limit must be an integer from 1 to {MAX_RATE_LIMIT}")
+    return raw
 
 
 def validate_scope(raw: object, *, is_admin: bool, read_only: bool) -> dict[str, Any]:
@@ -190,6 +205,7 @@ class KeyStore:
             version=int(version),
             created_at=float(created_at),
             networks=tuple(normalize_network(n) for n in ips),
+            rate_limit=meta.get("rate_limit"),
         )
 
     @staticmethod
@@ -202,6 +218,7 @@ class KeyStore:
             "collection_permissions": rec.collection_permissions,
             "allowed_ips": rec.allowed_ips,
             "tier": rec.tier,
+            "rate_limit": rec.rate_limit,
         }
 
     # -- operations ----------------------------------------------------------------------
@@ -215,6 +232,7 @@ class KeyStore:
         collection_permissions: object = None,
         allowed_ips: object = None,
         tier: object = None,
+        rate_limit: object = None,
         secret: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """Create a key; returns the record and the secret (shown to the caller once)."""
@@ -232,6 +250,7 @@ class KeyStore:
             version=1,
             created_at=time.time(),
             networks=tuple(normalize_network(n) for n in ips),
+            rate_limit=validate_rate_limit(rate_limit),
         )
         api_key = secret or self.new_secret()
         with self._storage.transaction() as conn:
@@ -290,7 +309,8 @@ class KeyStore:
         return new, api_key
 
     def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
-        """Change label/description/permissions/read_only/allowed_ips/tier; bumps version."""
+        """Change label/description/permissions/read_only/allowed_ips/tier/rate_limit; bumps
+        version."""
         with self._storage.transaction() as conn:
             rec = self.get(key_id)
             if rec is None:
@@ -308,6 +328,8 @@ class KeyStore:
                 meta["tier"] = _validate_tier(changes["tier"])
             if "allowed_ips" in changes:
                 meta["allowed_ips"] = validate_allowed_ips(changes["allowed_ips"])
+            if "rate_limit" in changes:
+                meta["rate_limit"] = validate_rate_limit(changes["rate_limit"])
             if "collection_permissions" in changes or "read_only" in changes:
                 meta["collection_permissions"] = validate_scope(
                     changes.get("collection_permissions", meta["collection_permissions"]),

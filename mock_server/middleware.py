@@ -35,6 +35,7 @@ from mock_server.idempotency import (
     storable,
 )
 from mock_server.metrics import Metrics
+from mock_server.ratelimit import rate_limit_headers
 
 _CLIENT_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -56,6 +57,23 @@ class ContextMiddleware:
         rid = given if given and _CLIENT_RID.match(given) else "req_" + secrets.token_hex(12)
         scope[REQUEST_ID_KEY] = rid
         status = 500
+        counted = False
+
+        def count() -> None:
+            nonlocal counted
+            if counted or scope["type"] != "http":
+                return
+            counted = True
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.inc(
+                "ekodb_requests_total",
+                method=str(scope.get("method", "")),
+                route=str(template),
+                status=str(status),
+            )
+            if status == 429:
+                self.metrics.inc("ekodb_rate_limited_total")
 
         async def wrapped(message: Message) -> None:
             nonlocal status
@@ -63,23 +81,27 @@ class ContextMiddleware:
                 status = int(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
+                headers = _with_rate_limit(scope, headers)
                 message["headers"] = headers
+                # counted before the client can see the answer, so a client that reads
+                # the metrics right after a response finds it included
+                count()
             await send(message)
 
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            if scope["type"] == "http":
-                route = scope.get("route")
-                template = getattr(route, "path", None) or "unmatched"
-                self.metrics.inc(
-                    "ekodb_requests_total",
-                    method=str(scope.get("method", "")),
-                    route=str(template),
-                    status=str(status),
-                )
-                if status == 429:
-                    self.metrics.inc("ekodb_rate_limited_total")
+            count()  # no response started: counted as the 500 it becomes
+
+
+def _with_rate_limit(scope: Scope, headers: list[tuple[bytes, bytes]]
+                     ) -> list[tuple[bytes, bytes]]:
+    """X-RateLimit-* of this request's key; a replayed answer's stored figures are stale."""
+    fresh = rate_limit_headers(scope)
+    if not fresh and (b"idempotent-replayed", b"true") not in headers:
+        return headers
+    kept = [(k, v) for k, v in headers if not k.lower().startswith(b"x-ratelimit-")]
+    return kept + fresh
 
 
 class BodyLimitMiddleware:
@@ -97,7 +119,7 @@ class BodyLimitMiddleware:
         limit = self.config.body_limit_for(str(scope.get("path", "")))
         declared = header(scope, b"content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 await send_error(scope, send, 400, "bad_request", "invalid Content-Length")
                 return
             if int(declared) > limit:

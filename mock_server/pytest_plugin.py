@@ -19,6 +19,11 @@ Fixtures:
     :class:`~mock_server.config.ServerConfig` fields (fresh data dir unless ``data_dir`` is
     given); every server it started is stopped at teardown.
 
+Rate limits: both fixtures keep per-key limiting on (X-RateLimit-* headers are sent) but
+with every tier's limit multiplied by 1,000, so a suite hammering one key is not throttled.
+A per-key ``rate_limit`` (``admin.create_key(..., rate_limit=N)``) is exact on any server;
+pass ``tier_limits=...`` or ``rate_limit_window=...`` to the factory to test tiers themselves.
+
 For crash tests use :class:`mock_server.testing.ServerProcess` (a real subprocess).
 """
 
@@ -31,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from mock_server.config import ServerConfig
+from mock_server.config import TIER_LIMITS, ServerConfig
 from mock_server.server import ReferenceServer
 
 
@@ -51,7 +56,8 @@ class ServerInfo:
 
 def start_server(data_dir: Path, **overrides: Any) -> ServerInfo:
     """Start a server (TLS, fault injection on) with the given ServerConfig overrides."""
-    fields: dict[str, Any] = {"fault_injection": True}
+    fields: dict[str, Any] = {"fault_injection": True,
+                              "tier_limits": {t: n * 1000 for t, n in TIER_LIMITS.items()}}
     fields.update(overrides)
     config = ServerConfig(data_dir=data_dir, **fields)
     # environ={}: the user's EKODB_* variables must not leak into a test server

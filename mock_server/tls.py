@@ -1,4 +1,11 @@
-"""Local CA + loopback server certificate, made once per data dir and reused."""
+"""Local CA + loopback server certificate, made once per data dir and reused.
+
+Several server processes on one data dir (the multi-node set-up of docs/multi_node.md) must
+present certificates from the same CA, or a client trusting one node's CA bundle would refuse
+the others. So the CA is made once, under a file lock (concurrent first starts wait for the
+winner), and is never replaced while its key is still there: a missing or expiring leaf is
+re-issued from the existing CA instead of minting a new CA that running clients do not trust.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -46,28 +54,66 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+#: A leaf certificate this close to expiry is re-issued (from the same CA) at start.
+RENEW_BEFORE = dt.timedelta(days=30)
+CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ekodb reference local CA")])
+
+
 def ensure_local_ca(data_dir: Path) -> TlsFiles:
     """Create `<data_dir>/tls/{ca.pem,ca.key,server.pem,server.key}` if missing."""
     tls_dir = data_dir / "tls"
     files = TlsFiles(tls_dir / "server.pem", tls_dir / "server.key", tls_dir / "ca.pem")
-    assert files.ca is not None
-    if files.cert.exists() and files.key.exists() and files.ca.exists():
+    if _usable(files):
         return files
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Several servers may start on one data dir at once: one makes the CA, the others wait.
     with open(tls_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if files.cert.exists() and files.key.exists() and files.ca.exists():
+        if _usable(files):
             return files
-        _make_ca(tls_dir, files)
+        ca = _load_ca(tls_dir, files)
+        if ca is None:
+            _make_ca(tls_dir, files)
+        else:
+            _issue_leaf(files, *ca)
     return files
+
+
+def _usable(files: TlsFiles) -> bool:
+    """All three files exist (each is written atomically) and the leaf is not expiring."""
+    assert files.ca is not None
+    if not (files.cert.exists() and files.key.exists() and files.ca.exists()):
+        return False
+    try:
+        leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return leaf.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > RENEW_BEFORE
+
+
+def _load_ca(
+    tls_dir: Path, files: TlsFiles
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """The existing CA, when both its certificate and key are there and still valid."""
+    assert files.ca is not None
+    try:
+        cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
+        key = load_pem_private_key((tls_dir / "ca.key").read_bytes(), password=None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    if cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) <= RENEW_BEFORE:
+        return None
+    return cert, key
 
 
 def _make_ca(tls_dir: Path, files: TlsFiles) -> None:
     assert files.ca is not None
+    files.ca.unlink(missing_ok=True)  # a stale CA cert must not pair with the new leaf
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ekodb reference local CA")])
+    ca_name = CA_NAME
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -88,6 +134,16 @@ def _make_ca(tls_dir: Path, files: TlsFiles) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
+    _write_private(tls_dir / "ca.key", _pem_key(ca_key))
+    # the leaf before ca.pem: a concurrent reader sees all three files only once all are done
+    _issue_leaf(files, ca_cert, ca_key)
+    _write_public(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _issue_leaf(files: TlsFiles, ca_cert: x509.Certificate,
+                ca_key: ec.EllipticCurvePrivateKey) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_name = ca_cert.subject
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
@@ -112,7 +168,5 @@ def _make_ca(tls_dir: Path, files: TlsFiles) -> None:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(tls_dir / "ca.key", _pem_key(ca_key))
     _write_private(files.key, _pem_key(leaf_key))
     _write_public(files.cert, leaf.public_bytes(serialization.Encoding.PEM))
-    _write_public(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM))

@@ -14,6 +14,10 @@ def metric(server: Any, name: str, **labels: str) -> float:
     tls = ssl.create_default_context(cafile=server.ca_bundle)
     response = httpx.get(f"{server.url}/api/metrics", verify=tls,
                          headers={"Authorization": f"Bearer {admin_token(server)}"})
+    if response.status_code == 401:  # the cached token outlived a short-TTL server's limit
+        _TOKENS.pop(server.url, None)
+        response = httpx.get(f"{server.url}/api/metrics", verify=tls,
+                             headers={"Authorization": f"Bearer {admin_token(server)}"})
     response.raise_for_status()
     total = 0.0
     for line in response.text.splitlines():

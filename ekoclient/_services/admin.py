@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
@@ -43,6 +43,7 @@ def _key_body(
     collection_permissions: Mapping[str, Any] | None,
     allowed_ips: Sequence[str] | None,
     tier: str | None,
+    rate_limit: int | Literal["tier"] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "label": label,
@@ -53,8 +54,12 @@ def _key_body(
         if collection_permissions is not None else None,
         "allowed_ips": list(allowed_ips) if allowed_ips is not None else None,
         "tier": tier,
+        "rate_limit": rate_limit,
     }
-    return {k: v for k, v in body.items() if v is not None}
+    body = {k: v for k, v in body.items() if v is not None}
+    if rate_limit == "tier":  # explicit null: drop the per-key override
+        body["rate_limit"] = None
+    return body
 
 
 def _create_key(
@@ -66,10 +71,15 @@ def _create_key(
     collection_permissions: Mapping[str, Any] | None = None,
     allowed_ips: Sequence[str] | None = None,
     tier: str | None = None,
+    rate_limit: int | None = None,
 ) -> Call[NewApiKey]:
-    """Create a key. The secret is in the result once; the service keeps only a hash."""
+    """Create a key. The secret is in the result once; the service keeps only a hash.
+
+    ``rate_limit`` (requests per the server's window, a minute by default) overrides the
+    tier's limit for this key.
+    """
     body = _key_body(label, description, is_admin, read_only, collection_permissions,
-                     allowed_ips, tier)
+                     allowed_ips, tier, rate_limit)
     return json_call("POST", "/api/auth/register", _new_key, body)
 
 
@@ -82,10 +92,14 @@ def _update_key(
     collection_permissions: Mapping[str, Any] | None = None,
     allowed_ips: Sequence[str] | None = None,
     tier: str | None = None,
+    rate_limit: int | Literal["tier"] | None = None,
 ) -> Call[ApiKeyInfo]:
-    """Change a key's scope or settings; tokens already issued see the change at once."""
+    """Change a key's scope or settings; tokens already issued see the change at once.
+
+    ``rate_limit=N`` sets the key's own limit, ``rate_limit="tier"`` goes back to its tier's.
+    """
     body = _key_body(label, description, None, read_only, collection_permissions,
-                     allowed_ips, tier)
+                     allowed_ips, tier, rate_limit)
     return json_call("PUT", f"/api/auth/keys/{segment(key_id, 'key_id')}", _key_info, body)
 
 

@@ -141,7 +141,7 @@ def _find(
     """Records matching ``filter`` (one page: the service caps ``limit``)."""
     body = _find_body(filter, sort, limit, skip, select_fields, exclude_fields)
     return json_call("POST", f"/api/find/{segment(collection, 'collection')}",
-                     _as_model(model, _records), body)
+                     _as_model(model, _records), body, read_only=True)
 
 
 def _iter_find(
@@ -163,7 +163,7 @@ def _iter_find(
 
     def page(skip: int, size: int) -> Call[list[Any]]:
         body = _find_body(filter, sort, size, skip, select_fields, exclude_fields)
-        return json_call("POST", path, parse, body)
+        return json_call("POST", path, parse, body, read_only=True)
 
     return Pager(page, page_size=page_size, limit=limit)
 

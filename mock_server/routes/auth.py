@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
@@ -35,6 +35,8 @@ class RegisterRequest(BaseModel):
     collection_permissions: dict[str, Any] | None = None
     allowed_ips: list[str] | None = Field(default=None, max_length=256)
     tier: str | None = None
+    #: Requests per rate-limit window for this key (overrides the tier's limit).
+    rate_limit: StrictInt | None = None
 
 
 def _exchange(state: AppState, api_key: str, ip: IPAddress | None) -> dict[str, Any]:
@@ -88,7 +90,9 @@ def _check_mint(principal: Principal, body: RegisterRequest) -> None:
         try:
             nets = [normalize_network(n) for n in (body.allowed_ips or [])]
         except ValueError:
-            raise ApiError(400, "validation_error", "allowed_ips: invalid CIDR") from None
+            bad = next(n for n in body.allowed_ips or [] if not _is_cidr(n))
+            raise ApiError(400, "validation_error",
+                           f"allowed_ips: {bad[:64]!r} is not a CIDR") from None
         if not nets:
             body.allowed_ips = list(principal.record.allowed_ips)
         elif not all(
@@ -101,6 +105,20 @@ def _check_mint(principal: Principal, body: RegisterRequest) -> None:
             raise forbidden("cannot create a key with a higher tier than the caller")
     elif body.tier is None:
         body.tier = principal.tier
+    own_limit = principal.record.rate_limit
+    if own_limit is not None:  # a child may not escape its minter's per-key limit
+        if body.rate_limit is None:
+            body.rate_limit = own_limit
+        elif body.rate_limit > own_limit:
+            raise forbidden("cannot create a key with a higher rate_limit than the caller")
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        normalize_network(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _register(state: AppState, principal: Principal, body: RegisterRequest) -> dict[str, Any]:
@@ -115,6 +133,7 @@ def _register(state: AppState, principal: Principal, body: RegisterRequest) -> d
                 collection_permissions=body.collection_permissions,
                 allowed_ips=body.allowed_ips,
                 tier=body.tier,
+                rate_limit=body.rate_limit,
             )
             state.audit.record("key.created", key_id=principal.key_id, label=principal.label,
                                resource="key", target_id=rec.key_id,

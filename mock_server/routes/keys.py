@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
@@ -29,6 +29,8 @@ class UpdateKeyRequest(BaseModel):
     collection_permissions: dict[str, Any] | None = None
     allowed_ips: list[str] | None = Field(default=None, max_length=256)
     tier: str | None = None
+    #: null clears the override (back to the tier's limit).
+    rate_limit: StrictInt | None = None
 
 
 @router.get("/api/auth/keys")

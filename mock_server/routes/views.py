@@ -22,6 +22,7 @@ def key_info(rec: KeyRecord) -> dict[str, Any]:
         "collection_permissions": rec.scope().to_raw(),
         "allowed_ips": list(rec.allowed_ips),
         "tier": rec.tier,
+        "rate_limit": rec.rate_limit,
         "created_at": iso(rec.created_at),
     }
 

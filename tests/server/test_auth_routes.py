@@ -42,7 +42,8 @@ def test_register_list_permissions_rotate_update_delete(api: Api) -> None:
     keys = api.http.get("/api/auth/keys", headers=admin).json()
     mine = next(k for k in keys if k["key_id"] == new["key_id"])
     assert set(mine) == {"key_id", "label", "description", "is_admin", "read_only",
-                         "collection_permissions", "allowed_ips", "tier", "created_at"}
+                         "collection_permissions", "allowed_ips", "tier", "rate_limit",
+                         "created_at"}
     assert mine["allowed_ips"] == ["127.0.0.1/32", "10.0.0.0/8"]
     assert mine["tier"] == "startup" and mine["description"] == "for team a"
     assert new["api_key"] not in api.http.get("/api/auth/keys", headers=admin).text

@@ -136,12 +136,15 @@ def test_huge_declared_length_rejected_before_body(ekodb_server: ServerInfo) -> 
     assert b'"payload_too_large"' in data
 
 
-def test_invalid_content_length(ekodb_server: ServerInfo) -> None:
+@pytest.mark.parametrize("value", [b"-5", b"\xb2", b"1_0", b" 12x"])
+def test_invalid_content_length(ekodb_server: ServerInfo, value: bytes) -> None:
+    """Non-ASCII digits such as a superscript two pass str.isdigit(); they must still 400."""
     host, port = ekodb_server.url.removeprefix("https://").rsplit(":", 1)
     ctx: ssl.SSLContext = tls_context(ekodb_server)
     with socket.create_connection((host, int(port)), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=host) as tls:
-        tls.sendall(b"POST /api/auth/token HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+        tls.sendall(b"POST /api/auth/token HTTP/1.1\r\nHost: x\r\nContent-Length: " + value
+                    + b"\r\n\r\n")
         data = tls.recv(65536)
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
 

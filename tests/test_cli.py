@@ -1,0 +1,40 @@
+"""The ekoclient command line, run as a user would, against the reference server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+
+def cli(server: Any, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, EKODB_URL=server.url, EKODB_CA_BUNDLE=server.ca_bundle,
+               EKODB_API_KEY=key or server.admin_key)
+    return subprocess.run([sys.executable, "-m", "ekoclient._cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_create_rotate_and_delete_a_key(ekodb_server: Any) -> None:
+    made = cli(ekodb_server, "keys", "create", "cli-key", "--read-only",
+               "--permissions", '{"orders": ["read"]}')
+    assert made.returncode == 0, made.stderr
+    new = json.loads(made.stdout)
+    assert new["api_key"].startswith("eko_") and new["label"] == "cli-key"
+    whoami = json.loads(cli(ekodb_server, "whoami", key=new["api_key"]).stdout)
+    assert whoami["read_only"] is True and whoami["key_id"] == new["key_id"]
+    listed = cli(ekodb_server, "keys", "list").stdout
+    assert new["key_id"] in listed and new["api_key"] not in listed
+    rotated = json.loads(cli(ekodb_server, "keys", "rotate", new["key_id"]).stdout)
+    assert rotated["api_key"] != new["api_key"]
+    assert cli(ekodb_server, "keys", "delete", new["key_id"]).returncode == 0
+    refused = cli(ekodb_server, "whoami", key=rotated["api_key"])
+    assert refused.returncode == 1
+    assert "was refused" in refused.stderr and rotated["api_key"] not in refused.stderr
+
+
+def test_a_scoped_key_gets_a_clear_refusal(ekodb_server: Any, scoped_key: str) -> None:
+    out = cli(ekodb_server, "keys", "list", key=scoped_key)
+    assert out.returncode == 1
+    assert "HTTP 403" in out.stderr and scoped_key not in out.stderr
