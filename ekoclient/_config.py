@@ -36,12 +36,17 @@ class RetryOptions(BaseModel):
 
 
 class PoolOptions(BaseModel):
-    """Limits of the one connection pool every service and view shares."""
+    """Limits of the one connection pool every service and view shares.
+
+    ``max_keepalive`` defaults to the connection limit (httpx's own default is 20): when many
+    tenants' calls share one pool, closing idle connections beyond 20 means a new TLS
+    handshake for most calls under load.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_connections: int = Field(100, ge=1)
-    max_keepalive: int = Field(20, ge=0)
+    max_keepalive: int = Field(100, ge=0)
     keepalive_expiry: float = Field(5.0, ge=0)
 
 

@@ -75,14 +75,6 @@ def gcra(tat: float | None, now: float, limit: int, period: float, cost: int = 1
     return Decision(True, limit, remaining, 0.0, new_tat - now), new_tat
 
 
-def gcra_refund(tat: float | None, now: float, limit: int, period: float, cost: int = 1
-                ) -> float | None:
-    """The TAT after giving back `cost` units (None: nothing to change)."""
-    if tat is None or limit <= 0:
-        return None
-    return max(now, tat - period / limit * cost)
-
-
 class TatStore(Protocol):
     """Atomic read-step-write of one key's TAT."""
 
@@ -183,15 +175,19 @@ class RateLimiter:
         period = self.period
         return self._store.apply(key, lambda tat, now: gcra(tat, now, limit, period, cost))
 
-    def refund(self, key: str, limit: int, cost: int = 1) -> None:
-        """Give back units consumed by `hit` (e.g. a successful login is not a failure)."""
+    def check(self, key: str, limit: int, cost: int = 1) -> Decision:
+        """Whether `hit` would be allowed now, consuming nothing.
+
+        For limits that count only failures (logins): check before, `hit` after a failure.
+        Consuming first and refunding on success would let concurrent successes in flight
+        exhaust the budget and refuse good callers.
+        """
         period = self.period
 
         def step(tat: float | None, now: float) -> tuple[Decision, float | None]:
-            return Decision(True, limit, 0, 0.0, 0.0), gcra_refund(tat, now, limit, period,
-                                                                   cost)
+            return gcra(tat, now, limit, period, cost)[0], None
 
-        self._store.apply(key, step)
+        return self._store.apply(key, step)
 
     def close(self) -> None:
         self._store.close()

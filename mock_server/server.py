@@ -17,6 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from mock_server.app import create_app
 from mock_server.config import ServerConfig
 from mock_server.metrics import Metrics
+from mock_server.routes.ws import MAX_FRAME
 from mock_server.state import AppState
 from mock_server.tls import ensure_local_ca
 
@@ -132,6 +133,9 @@ class ReferenceServer:
             proxy_headers=False,  # X-Forwarded-For is handled by us, trusted proxies only
             server_header=False,
             timeout_graceful_shutdown=5,
+            # the protocol refuses bigger frames itself (close 1009) before buffering them;
+            # the route's own 64 KiB check stays the one that answers with a reason
+            ws_max_size=MAX_FRAME + 1024,
             **ssl,
         )
         self._server = uvicorn.Server(uv_config)

@@ -62,14 +62,17 @@ async def token(request: Request, state: State) -> dict[str, Any]:
     ip = state.client_ip_of(request.scope)
     limit_key = str(ip)
     limit = state.config.failed_auth_limit
-    decision = state.failed_auth.hit(limit_key, limit)
+    decision = state.failed_auth.check(limit_key, limit)
     if not decision.allowed:
         raise ApiError(429, "rate_limited", "too many failed authentication attempts",
                        decision.headers())
     body = await json_body(request, TokenRequest)
-    result = await run_in_threadpool(_exchange, state, body.api_key, ip)
-    state.failed_auth.refund(limit_key, limit)  # only failures count against the IP
-    return result
+    try:
+        return await run_in_threadpool(_exchange, state, body.api_key, ip)
+    except ApiError as exc:
+        if exc.status in (401, 403):  # only failures count against the IP
+            state.failed_auth.hit(limit_key, limit)
+        raise
 
 
 def _check_mint(principal: Principal, body: RegisterRequest) -> None:
