@@ -364,6 +364,11 @@ class AsyncBlob(_BlobBase):
     async def aclose(self) -> None:
         await self._response.aclose()
 
+    # The names of the sync Blob, so code moving to AsyncClient only adds await / async for.
+    read = aread
+    iter_bytes = aiter_bytes
+    close = aclose
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -28,6 +28,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     EkoError,
+    MalformedResponseError,
     TransportError,
     error_from_response,
 )
@@ -38,8 +39,8 @@ logger = logging.getLogger("ekoclient")
 
 HEALTH_PATH = "/api/health"
 
-# What to do after an answer.
-DONE, REFRESH, RETRY, RAISE = range(4)
+# What to do after an error answer. REFUSED: drop the token that was refused, then raise.
+DONE, REFRESH, RETRY, RAISE, REFUSED = range(5)
 
 
 def _exchange_call(credential: Credential) -> Call[str]:
@@ -197,9 +198,15 @@ class ExecutorCore:
         headers = response.headers
         if credential is not None and "x-ratelimit-limit" in headers:
             self.observe_rate_limit(credential, headers)
-        if (status == 401 and call.auth and credential is not None and not refreshed
-                and call.replayable):  # a streamed-once body cannot be sent again
-            return REFRESH, None
+        if status == 401 and call.auth and credential is not None and not refreshed:
+            if call.replayable:
+                return REFRESH, None
+            # A body streamed once cannot be replayed: drop the token, let the caller retry.
+            return REFUSED, AuthenticationError(
+                "the token was refused and this call's body was streamed, so it cannot be "
+                "sent again; call again to use a fresh token",
+                status=status, code="token_refused",
+                request_id=response.headers.get("x-request-id"))
         retry_after = retry_after_of(headers)
         error = error_from_response(status, headers, body, retry_after=retry_after)
         failover = False
@@ -234,6 +241,16 @@ class ExecutorCore:
         return delay
 
     @staticmethod
+    def malformed(call: Call[Any], response: Response, exc: Exception) -> EkoError:
+        """A 2xx answer the SDK could not read (a proxy's HTML page, a truncated body)."""
+        if isinstance(exc, EkoError):
+            return exc
+        return MalformedResponseError(
+            f"{call.method} {call.path} answered {response.status_code} with a body the SDK "
+            f"could not read ({type(exc).__name__}: {str(exc)[:200]}); request id "
+            f"{response.headers.get('x-request-id')}")
+
+    @staticmethod
     def revoked(credential: Credential, error: APIError) -> AuthenticationError:
         return AuthenticationError(
             f"API key {credential.hint} was refused: {error.message}. It may have been "
@@ -253,12 +270,22 @@ class ExecutorCore:
         return token
 
     def exchange_failed(self, state: CredentialState, credential: Credential,
-                        exc: EkoError) -> EkoError:
+                        exc: EkoError) -> str:
+        """After a failed exchange: keep using a token that still works, else raise.
+
+        Waiters share the failure (no queue of callers each retrying a dead endpoint), and
+        only a refused key (401/403) throws away the token it still has.
+        """
+        refused = isinstance(exc, APIError) and exc.status in (401, 403)
         if isinstance(exc, APIError) and exc.status == 401:
             exc = self.revoked(credential, exc)
-        if isinstance(exc, APIError):
-            state.fail(exc)
-        return exc
+        state.fail(exc, drop_token=refused)
+        usable = None if refused else state.usable(time.monotonic())
+        if usable is None:
+            raise exc
+        logger.warning("token refresh for %s failed (%s); using the current token until it "
+                       "expires", credential.hint, type(exc).__name__)
+        return usable
 
     @staticmethod
     def after_wait(state: CredentialState) -> str | None:
@@ -318,6 +345,11 @@ class SyncExecutor(ExecutorCore):
                 response = self.transport.send(
                     call.method, host + call.path, self.headers(call, token, idem),
                     call.params, call.content, call.stream)  # type: ignore[arg-type]
+                if response.status_code >= 400:
+                    try:
+                        body = self.transport.read(response)
+                    finally:
+                        response.close()
             except TransportError as exc:
                 delay = self.failed(call, host, exc, retry)
                 if delay is None:
@@ -326,18 +358,21 @@ class SyncExecutor(ExecutorCore):
                 continue
             if response.status_code < 400:
                 self.succeeded(call, host, response, credential)
-                return call.parse(response)
-            body = self.transport.read(response)
-            response.close()
+                try:
+                    return call.parse(response)
+                except Exception as exc:
+                    response.close()
+                    raise self.malformed(call, response, exc) from exc
             verdict, value = self.judge(call, host, response, body, credential, retry,
                                         refreshed)
-            if verdict == REFRESH:
-                refreshed = True
-                self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
-            elif verdict == RETRY:
+            if verdict == RETRY:
                 time.sleep(value)
-            else:
+                continue
+            if verdict != RAISE:
+                self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
+            if verdict != REFRESH:
                 raise value
+            refreshed = True
 
     def token(self, credential: Credential | None) -> str:
         if credential is None:
@@ -359,9 +394,11 @@ class SyncExecutor(ExecutorCore):
                 lock.release()
                 return self.after_wait(state) or self.token(credential)
         try:
+            if usable is not None and (token := state.fresh(time.monotonic())) is not None:
+                return token  # another thread refreshed between our check and our lock
             return self.store_token(state, self.execute(_exchange_call(credential), None))
         except EkoError as exc:
-            raise self.exchange_failed(state, credential, exc) from None
+            return self.exchange_failed(state, credential, exc)
         finally:
             lock.release()
 
@@ -423,6 +460,11 @@ class AsyncExecutor(ExecutorCore):
                 response = await self.transport.send(
                     call.method, host + call.path, self.headers(call, token, idem),
                     call.params, call.content, call.stream)
+                if response.status_code >= 400:
+                    try:
+                        body = await self.transport.read(response)
+                    finally:
+                        await response.aclose()
             except TransportError as exc:
                 delay = self.failed(call, host, exc, retry)
                 if delay is None:
@@ -431,18 +473,21 @@ class AsyncExecutor(ExecutorCore):
                 continue
             if response.status_code < 400:
                 self.succeeded(call, host, response, credential)
-                return call.parse(response)
-            body = await self.transport.read(response)
-            await response.aclose()
+                try:
+                    return call.parse(response)
+                except Exception as exc:
+                    await response.aclose()
+                    raise self.malformed(call, response, exc) from exc
             verdict, value = self.judge(call, host, response, body, credential, retry,
                                         refreshed)
-            if verdict == REFRESH:
-                refreshed = True
-                self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
-            elif verdict == RETRY:
+            if verdict == RETRY:
                 await asyncio.sleep(value)
-            else:
+                continue
+            if verdict != RAISE:
+                self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
+            if verdict != REFRESH:
                 raise value
+            refreshed = True
 
     async def token(self, credential: Credential | None) -> str:
         if credential is None:
@@ -467,7 +512,7 @@ class AsyncExecutor(ExecutorCore):
         try:
             return self.store_token(state, await self.execute(_exchange_call(credential), None))
         except EkoError as exc:
-            raise self.exchange_failed(state, credential, exc) from None
+            return self.exchange_failed(state, credential, exc)
         finally:
             lock.release()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from .errors import TransportError
+from .errors import MalformedResponseError, TransportError
 
 Response = httpx.Response
 Headers = httpx.Headers
@@ -59,8 +59,11 @@ def _client_kwargs(
     }
 
 
-def _failure(exc: httpx.TransportError, method: str, url: str) -> TransportError:
+def _failure(exc: httpx.HTTPError, method: str, url: str) -> TransportError:
     kind = type(exc).__name__
+    if isinstance(exc, httpx.DecodingError):
+        return MalformedResponseError(f"{method} {url}: the answer could not be decoded "
+                                      f"({kind}: {exc})")
     if isinstance(exc, httpx.TimeoutException):
         return TimeoutFailure(f"{method} {url} timed out ({kind})")
     return TransportError(f"{method} {url} failed: {kind}: {exc}")
@@ -86,21 +89,21 @@ class SyncTransport:
                 method, url, headers=headers, params=params, content=content
             )
             return self._client.send(request, stream=stream)
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise _failure(exc, method, url) from exc
 
     @staticmethod
     def read(response: Response) -> bytes:
         try:
             return response.read()
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise _failure(exc, response.request.method, str(response.request.url)) from exc
 
     @staticmethod
     def iter_bytes(response: Response, chunk_size: int | None = None) -> Iterable[bytes]:
         try:
             yield from response.iter_bytes(chunk_size)
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise _failure(exc, response.request.method, str(response.request.url)) from exc
 
     def close(self) -> None:
@@ -127,14 +130,14 @@ class AsyncTransport:
                 method, url, headers=headers, params=params, content=content
             )
             return await self._client.send(request, stream=stream)
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise _failure(exc, method, url) from exc
 
     @staticmethod
     async def read(response: Response) -> bytes:
         try:
             return await response.aread()
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise _failure(exc, response.request.method, str(response.request.url)) from exc
 
     @staticmethod
@@ -142,7 +145,7 @@ class AsyncTransport:
         try:
             async for chunk in response.aiter_bytes(chunk_size):
                 yield chunk
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise _failure(exc, response.request.method, str(response.request.url)) from exc
 
     async def aclose(self) -> None:

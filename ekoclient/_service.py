@@ -45,6 +45,10 @@ class endpoint(Generic[P, T]):
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
 
+    def bind(self, obj: Any) -> Callable[..., Call[T]]:
+        """The call builder for one service instance (subclasses add per-service arguments)."""
+        return self._build
+
     @overload
     def __get__(self, obj: None, owner: Any) -> endpoint[P, T]: ...
     @overload
@@ -55,7 +59,7 @@ class endpoint(Generic[P, T]):
     def __get__(self, obj: Any, owner: Any = None) -> Any:
         if obj is None:
             return self
-        build = self._build
+        build = self.bind(obj)
         execute = obj._executor.execute
         credential = obj._credential
 

@@ -50,6 +50,8 @@ from .errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitError,
+    ServerError,
     TransportError,
     ValidationError,
 )
@@ -462,7 +464,11 @@ class EventStream:
         while True:
             host = ex.hosts.pick()
             url = ws_url(host, ex.options.allow_insecure)
-            self._token = ex.token(self._credential)
+            try:  # the token endpoint may be down too while the server restarts
+                self._token = ex.token(self._credential)
+            except (TransportError, ServerError, RateLimitError):
+                self._apply(core.failed(time.monotonic()))
+                continue
             try:
                 ws = sync_connect(url, **_connect_kwargs(ex.options, url, self._token,
                                                          blocking=True))
@@ -600,7 +606,11 @@ class AsyncEventStream:
         while True:
             host = ex.hosts.pick()
             url = ws_url(host, ex.options.allow_insecure)
-            self._token = await ex.token(self._credential)
+            try:  # the token endpoint may be down too while the server restarts
+                self._token = await ex.token(self._credential)
+            except (TransportError, ServerError, RateLimitError):
+                await self._apply(core.failed(time.monotonic()))
+                continue
             try:
                 ws = await async_connect(url, **_connect_kwargs(ex.options, url, self._token))
             except InvalidStatus as exc:

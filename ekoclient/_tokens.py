@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from .errors import APIError
+from .errors import EkoError
 
 
 class Credential:
@@ -94,7 +94,7 @@ class CredentialState:
         self.refresh_at = 0.0
         self.expires_at = 0.0
         self.generation = 0
-        self.error: APIError | None = None
+        self.error: EkoError | None = None
         self.rate_limit: RateLimitInfo | None = None
         #: Earliest time.time() the next paced call may leave (see ekoclient._pacing).
         self.pace_at = 0.0
@@ -128,10 +128,18 @@ class CredentialState:
         self.error = None
         self.generation += 1
 
-    def fail(self, error: APIError) -> None:
-        """Record a failed exchange so that callers who waited share it."""
-        self.token = None
-        self.refresh_at = self.expires_at = 0.0
+    def fail(self, error: EkoError, *, drop_token: bool) -> None:
+        """Record a failed exchange so that callers who waited share it.
+
+        A token that still works is kept unless the key itself was refused; its refresh is
+        put off a little so that a struggling token endpoint is not asked on every call.
+        """
+        if drop_token:
+            self.token = None
+            self.refresh_at = self.expires_at = 0.0
+        elif self.token is not None:
+            now = time.monotonic()
+            self.refresh_at = min(self.expires_at, now + min(5.0, (self.expires_at - now) / 2))
         self.error = error
         self.generation += 1
 

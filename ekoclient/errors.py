@@ -20,6 +20,7 @@ __all__ = [
     "EkoError",
     "IntegrityError",
     "InvalidArgumentError",
+    "MalformedResponseError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -49,6 +50,10 @@ class TransportError(EkoError):
 
 class IntegrityError(EkoError):
     """Bytes received or sent do not match the checksum the service recorded for them."""
+
+
+class MalformedResponseError(TransportError):
+    """The service answered, but with a body the SDK could not read (e.g. a proxy's page)."""
 
 
 class APIError(EkoError):

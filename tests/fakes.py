@@ -35,10 +35,13 @@ class Script:
     requests: list[httpx.Request] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     exchanges: int = 0
+    token_steps: list[Step] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/auth/token":
             self.exchanges += 1
+            if self.token_steps:
+                return self.token_steps.pop(0)(request)
             return httpx.Response(200, json={"token": make_token(), "expires_at": 0})
         self.requests.append(request)
         self.times.append(time.monotonic())

@@ -288,6 +288,11 @@ async def test_async_client_round_trip(async_admin: AsyncClient, tmp_path: Path)
     await bs.download_file(table, "d", tmp_path / "dst")
     assert (tmp_path / "dst").read_bytes() == data
     assert [m.blob_id async for m in bs.list(table, page_size=2)] == ["a", "b", "c", "d"]
+    # the sync Blob's names work on the async one with await / async for (SPEC §3)
+    async with await bs.get(table, "c") as blob:
+        assert await blob.read() == data
+    tail = await bs.get(table, "c", byte_range=(-3, None))
+    assert b"".join([c async for c in tail.iter_bytes()]) == data[-3:]
     assert (await bs.get_metadata(table, "c")).length == len(data)
     await bs.delete(table, "c")
     await bs.drop_table(table)

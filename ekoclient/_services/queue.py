@@ -14,9 +14,10 @@ deletes the message whoever holds it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 
@@ -24,7 +25,7 @@ from .._call import Call, json_call, segment
 from .._consume import ConsumerCore, run_async, run_sync
 from .._executor import AsyncExecutor, SyncExecutor
 from .._http import Response
-from .._service import E, Service
+from .._service import E, Service, endpoint
 from ..errors import InvalidArgumentError
 from ..models import AckResult, ConsumeStats, Message, RenewResult
 
@@ -130,31 +131,14 @@ def _move(prefix: str, source: str, dest: str) -> Call[int]:
                      params={"from": source, "to": dest})
 
 
-class prefixed(Generic[P, T]):
-    """Attach a builder taking the service's route prefix first, as a sync/async method."""
+class prefixed(endpoint[P, T]):
+    """An endpoint whose builder takes the service's route prefix first (queue or dedupq)."""
 
     def __init__(self, build: Callable[Concatenate[str, P], Call[T]]) -> None:
-        self._build = build
-        self.__doc__ = build.__doc__
+        super().__init__(build)  # type: ignore[arg-type]
 
-    @overload
-    def __get__(self, obj: None, owner: Any) -> prefixed[P, T]: ...
-    @overload
-    def __get__(self, obj: Service[SyncExecutor], owner: Any) -> Callable[P, T]: ...
-    @overload
-    def __get__(self, obj: Service[AsyncExecutor], owner: Any) -> Callable[P, Awaitable[T]]: ...
-
-    def __get__(self, obj: Any, owner: Any = None) -> Any:
-        if obj is None:
-            return self
-        build, prefix = self._build, obj.prefix
-        execute, credential = obj._executor.execute, obj._credential
-
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return execute(build(prefix, *args, **kwargs), credential)
-
-        method.__doc__ = self.__doc__
-        return method
+    def bind(self, obj: Any) -> Callable[..., Call[T]]:
+        return functools.partial(self._build, obj.prefix)
 
 
 class SyncConsume(Protocol):
