@@ -21,7 +21,13 @@ from ._config import ClientOptions
 from ._hosts import HostPool
 from ._http import AsyncTransport, Response, SyncTransport, ssl_context
 from ._pacing import pace
-from ._retry import RETRYABLE_STATUSES, RetryPolicy, RetryState, retry_after_of
+from ._retry import (
+    RETRYABLE_STATUSES,
+    RetryBudget,
+    RetryPolicy,
+    RetryState,
+    retry_after_of,
+)
 from ._tokens import Credential, CredentialState, RateLimitInfo, TokenCache
 from .errors import (
     APIError,
@@ -68,8 +74,6 @@ class ExecutorCore:
                               on_refresh=self.start_refresh if refresh else None)
         self.tokens = TokenCache(options.token_cache_size)
         r = options.retry
-        from ._retry import RetryBudget
-
         self.policy = RetryPolicy(
             max_attempts=r.max_attempts,
             initial=r.initial,

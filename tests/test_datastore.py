@@ -275,8 +275,7 @@ async def test_2000_views_open_no_more_connections_than_the_pool(
     admin.datastore.drop_collection(collection)
 
 
-def test_views_are_safe_to_share_across_threads(admin: Client, users: str,
-                                                scoped_key: str) -> None:
+def test_views_are_safe_to_share_across_threads(admin: Client, users: str) -> None:
     key = admin.admin.create_key("threads", collection_permissions={users: ["read", "write"]})
     view = Authenticator(admin).using_credentials(key.api_key)
     errors: list[BaseException] = []
