@@ -1,13 +1,15 @@
 """Three reference-server nodes on one data directory, one client spread over all three.
 
-    python -m examples.three_nodes [--seconds 6]
+    python -m examples.three_nodes [--seconds 6] [--writers 1] [--kills 1]
 
 Starts three ``python -m mock_server`` processes on one data dir (the first start makes the
 CA and the admin key, the other two reuse them), runs a steady read/write workload through
 one ``Client`` built with ``.hosts([...])``, SIGKILLs one node mid-load and restarts it, then
 prints how many calls each node took and how many errors the caller saw (zero: the client
 benches the dead node, fails over inside its retry policy, probes the node with
-``GET /api/health`` and takes it back once it answers). See docs/multi_node.md.
+``GET /api/health`` and takes it back once it answers). ``--kills N`` kills and restarts
+nodes N times in turn and ``--writers N`` runs N writer threads: a stress run that checks
+every acknowledged write is stored exactly once. See docs/multi_node.md.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from mock_server.testing import ServerProcess
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the workload")
+    parser.add_argument("--writers", type=int, default=1, help="writer threads")
+    parser.add_argument("--kills", type=int, default=1, help="SIGKILL + restart cycles")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ekodb-3nodes-") as tmp:
@@ -37,13 +41,13 @@ def main() -> None:
         first = ServerProcess(data_dir).start()  # creates the CA, master key and admin key
         nodes = [first, ServerProcess(data_dir).start(), ServerProcess(data_dir).start()]
         try:
-            run(nodes, args.seconds)
+            run(nodes, args.seconds, max(1, args.writers), max(1, args.kills))
         finally:
             for node in nodes:
                 node.stop()
 
 
-def run(nodes: list[ServerProcess], seconds: float) -> None:
+def run(nodes: list[ServerProcess], seconds: float, writers: int, kills: int) -> None:
     admin_key, ca = nodes[0].admin_key, str(nodes[0].ca_bundle)
     assert admin_key is not None
     for node in nodes:
@@ -70,11 +74,11 @@ def run(nodes: list[ServerProcess], seconds: float) -> None:
     errors: list[Exception] = []
     writes: list[str] = []
 
-    def workload() -> None:
+    def workload(worker: int) -> None:
         i = 0
         while not done.is_set():
             try:
-                label = f"demo-{tag}-{i}"
+                label = f"demo-{tag}-{worker}-{i}"
                 record = client.datastore.insert(collection, {"label": label})  # a write
                 writes.append(label)
                 client.datastore.get(collection, record["id"])  # a read, maybe on another node
@@ -83,18 +87,22 @@ def run(nodes: list[ServerProcess], seconds: float) -> None:
             i += 1
 
     with client:
-        worker = threading.Thread(target=workload)
-        worker.start()
-        victim = nodes[1]
-        time.sleep(seconds / 3)
-        print(f"SIGKILL {victim.url}")
-        victim.kill(signal.SIGKILL)
-        time.sleep(seconds / 3)
-        print(f"restart {victim.url}")
-        victim.start()
-        time.sleep(seconds / 3)
+        workers = [threading.Thread(target=workload, args=(w,)) for w in range(writers)]
+        for worker in workers:
+            worker.start()
+        step = seconds / (2 * kills + 1)
+        for k in range(kills):
+            victim = nodes[1 + k % (len(nodes) - 1)]  # node 0 stays up to read back from
+            time.sleep(step)
+            print(f"SIGKILL {victim.url}")
+            victim.kill(signal.SIGKILL)
+            time.sleep(step)
+            print(f"restart {victim.url}")
+            victim.start()
+        time.sleep(step)
         done.set()
-        worker.join()
+        for worker in workers:
+            worker.join()
 
         stored = Counter(r["label"] for r in client.datastore.iter_find(collection))
         print("\ncalls per node (attempts, as the client sent them):")
@@ -103,8 +111,9 @@ def run(nodes: list[ServerProcess], seconds: float) -> None:
         for status in client.host_status():
             print(f"  {status.url} healthy={status.healthy}")
         twice = sum(1 for n in stored.values() if n > 1)
+        lost = sum(1 for label in writes if label not in stored)
         print(f"\nwrites acknowledged: {len(writes)}, stored: {sum(stored.values())}, "
-              f"stored twice: {twice}")
+              f"stored twice: {twice}, acknowledged but lost: {lost}")
         print(f"errors surfaced to the caller: {len(errors)}")
         for exc in errors[:5]:
             print(f"  {type(exc).__name__}: {exc}")

@@ -296,6 +296,8 @@ class BlobStore:
                              "VALUES (?,?,?,?)", (name, table.uid, sealed, table.created))
                 if audit:
                     audit()
+                self._storage.on_rollback(
+                    lambda: shutil.rmtree(self.root / table.uid, ignore_errors=True))
         except BaseException:
             shutil.rmtree(self.root / table.uid, ignore_errors=True)
             raise
@@ -334,8 +336,9 @@ class BlobStore:
             conn.execute("DELETE FROM blob_tables WHERE name=?", (name,))
             if audit:
                 audit()
-        # Readers that already opened a file keep reading it (POSIX unlink semantics).
-        shutil.rmtree(self.root / row[0], ignore_errors=True)
+            # Readers that already opened a file keep reading it (POSIX unlink semantics).
+            self._storage.after_commit(
+                lambda: shutil.rmtree(self.root / row[0], ignore_errors=True))
 
     # ------------------------------------------------------------------ blobs
 
@@ -389,8 +392,7 @@ class BlobStore:
             conn.execute("DELETE FROM blobs WHERE tbl=? AND blob_id=?", (table, blob_id))
             if audit:
                 audit()
-        with suppress(FileNotFoundError):
-            self._file(t.uid, blob_id, row[0]).unlink()
+            self._storage.after_commit(lambda: self._unlink(t.uid, blob_id, row[0]))
 
     def begin_upload(self, table: str, blob_id: str, *, content_type: str | None,
                      attributes: dict[str, Any], md5: bytes | None = None,
@@ -430,9 +432,17 @@ class BlobStore:
                 "meta=excluded.meta", (meta.table, meta.blob_id, meta.version, sealed))
             if audit:
                 audit()
-        if old is not None:
-            with suppress(FileNotFoundError):
-                self._file(meta.uid, meta.blob_id, old[0]).unlink()
+            # the old version goes once the new one is durably in; if the swap rolls back
+            # (now or, held with an idempotent answer, later) the new file goes instead
+            if old is not None:
+                self._storage.after_commit(
+                    lambda: self._unlink(meta.uid, meta.blob_id, old[0]))
+            self._storage.on_rollback(
+                lambda: self._unlink(meta.uid, meta.blob_id, meta.version))
+
+    def _unlink(self, uid: str, blob_id: str, version: str) -> None:
+        with suppress(FileNotFoundError):
+            self._file(uid, blob_id, version).unlink()
 
 
 class Upload:

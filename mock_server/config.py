@@ -65,6 +65,8 @@ class ServerConfig:
     #: Admin keys have no tier limit unless this is set (an explicit per-key limit applies).
     rate_limit_admin_keys: bool = False
     issuer: str = "ekodb-reference"
+    #: Threads for blocking work (SQLite, crypto) per process; anyio's default is 40.
+    worker_threads: int = 40
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()
@@ -74,6 +76,8 @@ class ServerConfig:
             self.tls_key = Path(self.tls_key)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.worker_threads < 1:
+            raise ValueError("worker_threads must be >= 1")
         if not self.rate_limit_window > 0:
             raise ValueError("rate_limit_window must be positive")
         for tier, limit in self.tier_limits.items():

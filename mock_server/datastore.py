@@ -364,10 +364,9 @@ class DataStore:
             tx = _Tx(conn)
             yield tx
             self._changes.publish_in_transaction(tx.changes, conn)
-        try:
-            self._changes.publish_committed(tx.changes)
-        except Exception:  # the write is committed; a failing wake-up must not undo the answer
-            log.exception("datastore: a committed-change listener failed")
+            if tx.changes:
+                changes = tx.changes
+                self._storage.after_commit(lambda: self._changes.publish_committed(changes))
 
     # ---------------------------------------------------------------- permission helpers
 

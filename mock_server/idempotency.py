@@ -4,6 +4,12 @@ State lives in SQLite so restarts and several processes on one data dir agree. A
 ``pending`` while the first attempt runs, then ``done`` with the stored response. Only 2xx
 and 4xx answers are kept (not 5xx, 408, 429), so a failed attempt can be retried for real.
 Stored bodies may contain record data, so they are encrypted like everything else.
+
+Exactly once, even under SIGKILL: the request's writes are held in one storage
+:class:`~mock_server.storage.Unit` and committed in the same transaction that marks the row
+``done`` with its answer. A node killed before that COMMIT leaves neither the write nor the
+answer, so the retry (which takes over the dead holder's ``pending`` row) applies it once; a
+node killed after it leaves both, so the retry gets the stored answer.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import hashlib
 import json
 import os
 import secrets
+import sqlite3
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
 from mock_server.crypto import KeyRing, aad
-from mock_server.storage import Storage, register_schema
+from mock_server.storage import Storage, Unit, register_schema
 
 register_schema(
     """
@@ -68,7 +76,8 @@ def _holder_gone(holder: str, me: str) -> bool:
     except PermissionError:
         return False
     return False
-MAX_STORED_BODY = 1024 * 1024
+
+
 STORED_HEADERS = frozenset({b"content-type", b"location", b"etag", b"last-modified"})
 
 
@@ -105,6 +114,10 @@ class IdempotencyStore:
     def close(self) -> None:
         """This instance will finish no more requests: its pending rows may be taken over."""
         _LIVE.discard(self.holder)
+
+    def unit(self) -> AbstractContextManager[Unit]:
+        """Hold the writes made in this context until :meth:`complete` commits them."""
+        return self._storage.unit()
 
     def _ikey(self, owner: str, key: str) -> bytes:
         return self._keyring.blind_index("idempotency", owner, key)
@@ -150,8 +163,14 @@ class IdempotencyStore:
             return "wait"
 
     def complete(
-        self, owner: str, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
+        self, owner: str, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+        unit: Unit | None = None,
+    ) -> bool:
+        """Store the answer; with a unit that wrote, in the same COMMIT as its writes.
+
+        Returns False (and rolls the unit back) when this instance no longer holds the row:
+        a retry took it over, so its own run is the one that counts.
+        """
         ikey = self._ikey(owner, key)
         kept = [
             (k.decode("latin-1"), v.decode("latin-1"))
@@ -161,17 +180,43 @@ class IdempotencyStore:
         sealed = self._keyring.encrypt(
             "idempotency", owner, body, aad("idempotency", owner, ikey.hex())
         )
-        with self._storage.transaction() as conn:
-            conn.execute(
+
+        def record(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
                 "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ?"
-                " WHERE owner = ? AND ikey = ?",
-                (status, json.dumps(kept), sealed, owner, ikey),
+                " WHERE owner = ? AND ikey = ? AND state = 'pending' AND holder = ?",
+                (status, json.dumps(kept), sealed, owner, ikey, self.holder),
             )
+            return cur.rowcount == 1
+
+        if unit is not None and unit.begun:
+            return unit.commit(record)
+        with self._storage.transaction() as conn:
+            return record(conn)
+
+    def forget(self, owner: str, key: str, unit: Unit | None = None) -> None:
+        """Commit the unit's writes without keeping an answer (too large to store)."""
+        ikey = self._ikey(owner, key)
+
+        def drop(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND holder = ?"
+                         " AND state = 'pending'", (owner, ikey, self.holder))
+            return True
+
+        if unit is not None and unit.begun:
+            unit.commit(drop)
+            return
+        with self._storage.transaction() as conn:
+            drop(conn)
 
     def abandon(self, owner: str, key: str) -> None:
-        """Forget a pending attempt (it failed with 5xx or crashed) so a retry runs anew."""
+        """Forget a pending attempt (it failed with 5xx or crashed) so a retry runs anew.
+
+        Roll back the attempt's unit first: its writes must not outlive the row.
+        """
         with self._storage.transaction() as conn:
             conn.execute(
-                "DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND state = 'pending'",
-                (owner, self._ikey(owner, key)),
+                "DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND state = 'pending'"
+                " AND holder = ?",
+                (owner, self._ikey(owner, key), self.holder),
             )

@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mock_server.asgi import (
     REQUEST_ID_KEY,
@@ -28,7 +29,6 @@ from mock_server.config import ServerConfig
 from mock_server.errors import ApiError, code_for_status, payload_too_large
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import (
-    MAX_STORED_BODY,
     IdempotencyStore,
     Replay,
     fingerprint,
@@ -36,6 +36,7 @@ from mock_server.idempotency import (
 )
 from mock_server.metrics import Metrics
 from mock_server.ratelimit import rate_limit_headers
+from mock_server.storage import Unit, start_fresh
 
 _CLIENT_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -43,7 +44,8 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ContextMiddleware:
-    """Sets X-Request-Id on every response and counts requests by route template."""
+    """Sets X-Request-Id on every response and counts requests by route template; starts
+    each request from a clean storage context (see ``storage.start_fresh``)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -53,6 +55,7 @@ class ContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        start_fresh()
         given = header(scope, b"x-request-id")
         rid = given if given and _CLIENT_RID.match(given) else "req_" + secrets.token_hex(12)
         scope[REQUEST_ID_KEY] = rid
@@ -168,6 +171,19 @@ class FaultMiddleware:
         if rule is None:
             await self.app(scope, receive, send)
             return
+        if rule.when == "hold_commit":
+            scope[HOLD_COMMIT_KEY] = lambda: self.injector.hold(rule.seconds)
+            await self.app(scope, receive, send)
+            return
+        if rule.when == "hold_answer":
+
+            async def late(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    await self.injector.hold(rule.seconds)
+                await send(message)
+
+            await self.app(scope, receive, late)
+            return
         if rule.when == "after":
 
             async def swallow(message: Message) -> None:
@@ -180,6 +196,9 @@ class FaultMiddleware:
         )
 
 
+#: Scope key: a coroutine function the idempotency layer awaits before committing (tests).
+HOLD_COMMIT_KEY = "ekodb.hold_commit"
+
 OwnerResolver = Callable[[Scope], str | None]
 
 
@@ -187,7 +206,7 @@ class IdempotencyMiddleware:
     """Replays the first answer to a repeated (key id, Idempotency-Key) write.
 
     Never reads the request body (blob uploads stream through untouched); the fingerprint
-    is method + path + query. Only the (small) response is captured.
+    is method + path + query. The response is captured, up to ``max_stored`` bytes.
     """
 
     def __init__(
@@ -196,12 +215,14 @@ class IdempotencyMiddleware:
         store: IdempotencyStore,
         owner_of: OwnerResolver,
         wait_seconds: float,
+        max_stored: int,
         excluded: frozenset[str] = frozenset({"/api/auth/token"}),
     ) -> None:
         self.app = app
         self.store = store
         self.owner_of = owner_of
         self.wait_seconds = wait_seconds
+        self.max_stored = max_stored
         self.excluded = excluded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -263,33 +284,90 @@ class IdempotencyMiddleware:
     async def _run_first(
         self, scope: Scope, receive: Receive, send: Send, owner: str, key: str
     ) -> None:
+        """Run the handler with its writes held; commit them with the answer, then answer.
+
+        The answer is held back until that COMMIT: a client never sees success for a write
+        a crash could still undo. An answer too large to store is let through once it
+        outgrows the cap, after committing the writes without keeping it.
+        """
         status = 0
-        headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
+        held: list[Message] = []
         size = 0
         complete = False
+        passing = False  # over the cap: committed, now streaming through
 
         async def capture(message: Message) -> None:
-            nonlocal status, headers, size, complete
+            nonlocal status, size, complete, passing
+            if passing:
+                await send(message)
+                return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
             elif message["type"] == "http.response.body":
-                body = bytes(message.get("body", b""))
-                size += len(body)
-                if size <= MAX_STORED_BODY:
-                    chunks.append(body)
+                size += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     complete = True
-            await send(message)
+            held.append(message)
+            if size > self.max_stored and storable(status):
+                passing = True
+                await _finish(unit, self.store.forget, owner, key)
+                await _send_all(send, held)
+                held.clear()
 
-        try:
-            await self.app(scope, receive, capture)
-        except BaseException:
-            await asyncio.shield(asyncio.to_thread(self.store.abandon, owner, key))
-            raise
-        if complete and storable(status) and size <= MAX_STORED_BODY:
-            await asyncio.to_thread(self.store.complete, owner, key, status, headers,
-                                    b"".join(chunks))
-        else:
-            await asyncio.to_thread(self.store.abandon, owner, key)
+        failed: BaseException | None = None
+        with self.store.unit() as unit:
+            try:
+                await self.app(scope, receive, capture)
+            except BaseException as exc:
+                failed = exc
+        # outside the unit's context from here: bookkeeping must not join its transaction
+        if failed is not None:
+            await asyncio.shield(self._discard(owner, key, unit))
+            raise failed
+        if passing:
+            return
+        if not (complete and storable(status)):
+            await self._discard(owner, key, unit)
+            await _send_all(send, held)
+            return
+        hold = scope.get(HOLD_COMMIT_KEY)
+        if hold is not None and unit.begun:
+            await hold()
+        start = next(m for m in held if m["type"] == "http.response.start")
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        body = b"".join(bytes(m.get("body", b"")) for m in held
+                        if m["type"] == "http.response.body")
+        kept = await _finish(unit, self.store.complete, owner, key, status, headers, body)
+        if not kept:  # a retry took the key over while this attempt ran: it answers
+            await send_error(scope, send, 409, "idempotency_in_progress",
+                             "a retry of this request with the same Idempotency-Key took "
+                             "over; ask again for its answer", {"Retry-After": "1"})
+            return
+        await _send_all(send, held)
+
+    async def _discard(self, owner: str, key: str, unit: Unit) -> None:
+        """Undo the attempt's writes, then free its key for a retry."""
+        unit.rollback()  # on the loop, as in _finish: never waits
+        await asyncio.to_thread(self.store.abandon, owner, key)
+
+
+async def _send_all(send: Send, messages: list[Message]) -> None:
+    for message in messages:
+        await send(message)
+
+
+R = TypeVar("R")
+
+
+async def _finish(unit: Unit, step: Callable[..., R], *args: Any) -> R:
+    """Run ``step(*args, unit)``: an idempotency step that ends the request's unit.
+
+    With a unit that wrote, on the loop itself: this process then holds the database's
+    write lock, so COMMIT never waits, and every writer of every node waits for this one.
+    A hop to a worker thread and back kept the lock about 15% longer under concurrent
+    writes (and needed a thread that writers queued on the lock might all hold). Without
+    writes the step opens its own transaction, which may wait: a thread then.
+    """
+    if unit.begun:
+        return step(*args, unit)
+    return await asyncio.to_thread(step, *args, unit)

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -141,9 +142,15 @@ class ReferenceServer:
         self._server = uvicorn.Server(uv_config)
         sock = self._sock
         server = self._server
+        threads = cfg.worker_threads
+
+        async def serve() -> None:
+            # blocking work (SQLite, crypto) runs on this many threads (anyio's limiter)
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+            await server.serve(sockets=[sock])
+
         self._thread = threading.Thread(
-            target=lambda: server.run(sockets=[sock]), name="ekodb-reference-server",
-            daemon=True,
+            target=lambda: asyncio.run(serve()), name="ekodb-reference-server", daemon=True,
         )
         self._thread.start()
         deadline = threading.Event()

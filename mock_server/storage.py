@@ -7,21 +7,34 @@ survive a process crash. The cost is one fsync per commit, acceptable for a refe
 Several server processes may share one data dir: all authoritative state lives in the
 database, each thread has its own connection, and writers use ``BEGIN IMMEDIATE`` with a
 busy timeout so they queue instead of failing.
+
+A request that must commit its writes together with its stored answer (an Idempotency-Key
+write) runs inside a :class:`Unit`: every ``transaction()`` in its context becomes a
+savepoint of one held transaction, committed by whoever opened the unit. Domain code stays
+unaware; side effects that must wait for the real COMMIT (waking listeners, unlinking
+replaced files) go through :meth:`Storage.after_commit` / :meth:`Storage.on_rollback`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DB_FILE = "ekodb.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
 
+log = logging.getLogger("mock_server.storage")
+
 _GLOBAL_SCHEMAS: list[str] = []
 _GLOBAL_LOCK = threading.Lock()
+
+Callback = Callable[[], object]
 
 
 def register_schema(sql: str) -> None:
@@ -29,6 +42,149 @@ def register_schema(sql: str) -> None:
     with _GLOBAL_LOCK:
         if sql not in _GLOBAL_SCHEMAS:
             _GLOBAL_SCHEMAS.append(sql)
+
+
+@dataclass
+class _Effects:
+    """Callbacks of one transaction (or savepoint): run after COMMIT, or after ROLLBACK."""
+
+    committed: list[Callback] = field(default_factory=list)
+    rolled_back: list[Callback] = field(default_factory=list)
+
+    def merge(self, inner: _Effects) -> None:
+        self.committed += inner.committed
+        self.rolled_back += inner.rolled_back
+
+
+def _run_all(callbacks: list[Callback], what: str) -> None:
+    # the data is already committed (or gone): a failing callback must not change the answer
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("storage: an %s callback failed", what)
+
+
+class Unit:
+    """One write transaction held open across a request; see the module docstring.
+
+    Begun lazily by the first ``transaction()`` in its context (``BEGIN IMMEDIATE`` on a
+    connection of its own), so a request that writes nothing never takes the write lock.
+    Used by one request at a time: its threads take turns, never run together.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._conn: sqlite3.Connection | None = None
+        self._depth = 0
+        self._effects = _Effects()
+        self._frame: _Effects | None = None
+        #: Joinable: inside its ``Storage.unit()`` block and neither committed nor rolled back.
+        self.active = True
+
+    @property
+    def begun(self) -> bool:
+        """Whether a write ran (the write lock is held until commit or rollback)."""
+        return self._conn is not None
+
+    @property
+    def conn(self) -> sqlite3.Connection | None:
+        return self._conn
+
+    @contextmanager
+    def _join(self) -> Iterator[sqlite3.Connection]:
+        if self._depth:  # nested inside a savepoint of ours: part of it
+            assert self._conn is not None
+            self._depth += 1
+            try:
+                yield self._conn
+            finally:
+                self._depth -= 1
+            return
+        if self._conn is None:
+            conn = self._storage._lease()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._storage._give_back(conn)
+                raise
+            self._conn = conn
+        conn = self._conn
+        # each outermost `with transaction()` is atomic on its own, as without a unit
+        conn.execute("SAVEPOINT unit")
+        self._depth, self._frame = 1, _Effects()
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
+            _run_all(self._frame.rolled_back, "on-rollback")
+            raise
+        else:
+            conn.execute("RELEASE unit")
+            self._effects.merge(self._frame)
+        finally:
+            self._depth, self._frame = 0, None
+
+    def _effects_now(self) -> _Effects:
+        if self._frame is None:
+            raise RuntimeError("after_commit/on_rollback outside a transaction")
+        return self._frame
+
+    def commit(self, last: Callable[[sqlite3.Connection], bool] | None = None) -> bool:
+        """Run ``last`` inside the transaction, then COMMIT (or ROLLBACK if it says False).
+
+        Returns whether the writes were committed. Without a write, ``last`` is not run.
+        """
+        conn = self._conn
+        if conn is None:
+            self.active = False
+            return True
+        try:
+            keep = True if last is None else last(conn)
+            if keep:
+                conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        if not keep:
+            self.rollback()
+            return False
+        self._release()
+        _run_all(self._effects.committed, "after-commit")
+        return True
+
+    def rollback(self) -> None:
+        """Discard every write of the unit (idempotent)."""
+        conn = self._conn
+        if conn is None:
+            self.active = False
+            return
+        try:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        finally:
+            self._release()
+            _run_all(self._effects.rolled_back, "on-rollback")
+
+    def _release(self) -> None:
+        self.active = False  # later transactions in this context run on their own
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._storage._give_back(conn)
+
+
+_UNIT: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("ekodb_unit", default=None)
+
+
+def start_fresh() -> None:
+    """Forget any unit this context inherited; call at the start of every request.
+
+    Contexts leak between requests: uvicorn creates a connection's next request task in
+    whatever context last re-armed its socket reader (flow control resumes reading from
+    inside a request), so a new request can inherit the previous one's unit.
+    """
+    _UNIT.set(None)
 
 
 class Storage:
@@ -40,6 +196,7 @@ class Storage:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
+        self._spare: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._schemas: list[str] = []
         self._closed = False
@@ -63,16 +220,39 @@ class Storage:
             self._all.append(conn)
         return conn
 
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (opened lazily)."""
+    def _lease(self) -> sqlite3.Connection:
+        """A connection for a unit (not tied to a thread: a unit moves between threads)."""
         if self._closed:
             raise RuntimeError("storage is closed")
+        with self._lock:
+            if self._spare:
+                return self._spare.pop()
+        return self._connect()
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if not self._closed:
+                self._spare.append(conn)
+
+    def _unit(self) -> Unit | None:
+        unit = _UNIT.get()
+        return unit if unit is not None and unit.active and unit._storage is self else None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection for reads: the current unit's once it wrote (to see its own
+        uncommitted writes), else this thread's (opened lazily)."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        unit = self._unit()
+        if unit is not None and unit.conn is not None:
+            return unit.conn
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
             self._local.depth = 0
+            self._local.effects = None
         return conn
 
     def ensure_schema(self, sql: str) -> None:
@@ -82,8 +262,31 @@ class Storage:
             self._schemas.append(sql)
 
     @contextmanager
+    def unit(self) -> Iterator[Unit]:
+        """Hold every transaction in this context (and the threads it starts) in one unit.
+
+        Leaving the block stops new transactions from joining; the caller must then
+        ``commit()`` or ``rollback()`` it.
+        """
+        unit = Unit(self)
+        token = _UNIT.set(unit)
+        try:
+            yield unit
+        finally:
+            _UNIT.reset(token)
+            unit.active = False  # a context copied meanwhile must not join it later
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... COMMIT; nested use joins the outer transaction."""
+        """``BEGIN IMMEDIATE`` ... COMMIT; nested use joins the outer transaction.
+
+        Inside a unit it is a savepoint of the unit's transaction instead.
+        """
+        unit = self._unit()
+        if unit is not None:
+            with unit._join() as conn:
+                yield conn
+            return
         conn = self.conn
         depth: int = self._local.depth
         if depth:
@@ -94,22 +297,43 @@ class Storage:
                 self._local.depth = depth
             return
         conn.execute("BEGIN IMMEDIATE")
-        self._local.depth = 1
+        effects = _Effects()
+        self._local.depth, self._local.effects = 1, effects
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
+            _run_all(effects.rolled_back, "on-rollback")
             raise
         else:
             conn.execute("COMMIT")
         finally:
-            self._local.depth = 0
+            self._local.depth, self._local.effects = 0, None
+        _run_all(effects.committed, "after-commit")
+
+    def _effects_now(self) -> _Effects:
+        unit = self._unit()
+        if unit is not None:
+            return unit._effects_now()
+        effects: _Effects | None = getattr(self._local, "effects", None)
+        if effects is None:
+            raise RuntimeError("after_commit/on_rollback outside a transaction")
+        return effects
+
+    def after_commit(self, callback: Callback) -> None:
+        """Run ``callback`` once the current transaction is durably committed (dropped if
+        it rolls back). For effects others may observe: wake-ups, unlinking replaced files."""
+        self._effects_now().committed.append(callback)
+
+    def on_rollback(self, callback: Callback) -> None:
+        """Run ``callback`` if the current transaction rolls back (undo outside SQLite)."""
+        self._effects_now().rolled_back.append(callback)
 
     def close(self) -> None:
         """Close every connection (any thread's); further use raises."""
         self._closed = True
         with self._lock:
-            conns, self._all = self._all, []
+            conns, self._all, self._spare = self._all, [], []
         for conn in conns:
             with suppress(sqlite3.Error):
                 conn.close()

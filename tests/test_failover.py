@@ -196,8 +196,7 @@ def test_a_node_killed_under_load_and_restarted_costs_the_caller_nothing(
     assert len(attempts.to(port, since=killed_at, until=restarting_at, probes=True)) <= 12
     assert back_at - healthy_at < 3.0
     # every write landed exactly once, whichever node took it and however often it was sent
-    # (known window, docs/multi_node.md "Limits": a kill between a write's commit and its
-    # answer lets the retry re-apply it; rare with one writer, it would fail here)
+    # (a write and its stored answer commit together: docs/multi_node.md "Exactly once")
     with Client(base_url=cluster.urls[0], api_key=cluster.admin_key,
                 ca_bundle=cluster.ca_bundle) as admin:
         stored = Counter(r["label"] for r in admin.datastore.iter_find(load.collection))

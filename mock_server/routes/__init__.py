@@ -1,4 +1,10 @@
-"""HTTP routes. Add a service by appending its router to ROUTERS (one line)."""
+"""HTTP routes. Add a service by appending its router to ROUTERS (one line).
+
+A write route that is a plain ``def`` declares ``response_model=None``: otherwise FastAPI
+validates its answer on a worker thread after the handler, while the write's lock is held
+until the answer commits (``storage.Unit``), and writers queued on that lock may hold every
+worker thread. ``async def`` routes validate on the loop and need nothing.
+"""
 
 from __future__ import annotations
 

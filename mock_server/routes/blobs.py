@@ -113,7 +113,7 @@ def get_table(table: Table, principal: CurrentPrincipal, state: State) -> dict[s
     return _store(state).get_table(table).to_json()
 
 
-@router.delete("/api/blob/_tables/{table}")
+@router.delete("/api/blob/_tables/{table}", response_model=None)
 def drop_table(table: Table, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     principal.require(_resource(table), Level.ADMIN)
     _store(state).drop_table(table, _audit(state, principal, "blob.table_dropped", table))
@@ -232,7 +232,7 @@ def head_blob(table: Table, blob_id: BlobId, principal: CurrentPrincipal,
                     media_type=served_content_type(meta.content_type))
 
 
-@router.delete("/api/blob/{table}/{blob_id}")
+@router.delete("/api/blob/{table}/{blob_id}", response_model=None)
 def delete_blob(table: Table, blob_id: BlobId, principal: CurrentPrincipal,
                 state: State) -> dict[str, Any]:
     principal.require(_resource(table), Level.WRITE)

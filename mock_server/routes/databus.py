@@ -46,7 +46,7 @@ async def subscribe(name: Name, request: Request, principal: CurrentPrincipal,
     return await run_in_threadpool(run)
 
 
-@router.delete("/api/bus/subscriptions/{name}")
+@router.delete("/api/bus/subscriptions/{name}", response_model=None)
 def unsubscribe(name: Name, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     state.bus.unsubscribe(principal.key_id, principal.scope, name)
     state.audit.record("bus.unsubscribed", key_id=principal.key_id, label=principal.label,
@@ -64,7 +64,7 @@ def get_subscription(name: Name, principal: CurrentPrincipal, state: State) -> d
     return state.bus.get(principal.key_id, principal.scope, name).to_json()
 
 
-@router.post("/api/bus/subscriptions/{name}/poll")
+@router.post("/api/bus/subscriptions/{name}/poll", response_model=None)
 def poll(name: Name, principal: CurrentPrincipal, state: State,
          claim_ttl: Annotated[float, Query(gt=0, le=86400)] = 30,
          limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:

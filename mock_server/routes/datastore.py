@@ -98,13 +98,13 @@ def list_collections(principal: CurrentPrincipal, state: State) -> dict[str, Any
     return {"collections": state.datastore.list_collections(principal)}
 
 
-@router.post("/api/collections/{collection}")
+@router.post("/api/collections/{collection}", response_model=None)
 def create_collection(collection: str, principal: CurrentPrincipal,
                       state: State) -> dict[str, Any]:
     return {"collection": state.datastore.create_collection(principal, collection)}
 
 
-@router.delete("/api/collections/{collection}")
+@router.delete("/api/collections/{collection}", response_model=None)
 def drop_collection(collection: str, principal: CurrentPrincipal,
                     state: State) -> dict[str, Any]:
     return {"dropped": state.datastore.drop_collection(principal, collection)}
@@ -139,7 +139,7 @@ async def update(collection: str, record_id: str, request: Request,
     return await _run(state.datastore.update, principal, collection, record_id, body)
 
 
-@router.delete("/api/delete/{collection}/{record_id}")
+@router.delete("/api/delete/{collection}/{record_id}", response_model=None)
 def delete(collection: str, record_id: str, principal: CurrentPrincipal,
            state: State) -> dict[str, Any]:
     return {"deleted": state.datastore.delete(principal, collection, record_id)}

@@ -39,7 +39,7 @@ def list_keys(principal: CurrentPrincipal, state: State) -> list[dict[str, Any]]
     return [key_info(rec) for rec in state.keys.list()]
 
 
-@router.delete("/api/auth/keys/{key_id}")
+@router.delete("/api/auth/keys/{key_id}", response_model=None)
 def delete_key(key_id: KeyId, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     principal.require_admin(write=True)
     with state.storage.transaction():
@@ -50,7 +50,7 @@ def delete_key(key_id: KeyId, principal: CurrentPrincipal, state: State) -> dict
     return {"deleted": True, "key_id": key_id}
 
 
-@router.post("/api/auth/keys/{key_id}/rotate")
+@router.post("/api/auth/keys/{key_id}/rotate", response_model=None)
 def rotate_key(key_id: KeyId, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     principal.require_admin(write=True)
     with state.storage.transaction():

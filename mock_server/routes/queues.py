@@ -67,7 +67,7 @@ def build_router(kind: Kind) -> APIRouter:
     body_doc = {"requestBody": {"required": True,
                                 "content": {"application/json": {"schema": {}}}}}
 
-    @router.post("/_move")
+    @router.post("/_move", response_model=None)
     def move(principal: CurrentPrincipal, state: State,
              source: Annotated[str, Query(alias="from", min_length=1, max_length=128)],
              dest: Annotated[str, Query(alias="to", min_length=1, max_length=128)],
@@ -92,7 +92,7 @@ def build_router(kind: Kind) -> APIRouter:
                                       messages)
         return {"ids": ids}
 
-    @router.post("/{name}/poll")
+    @router.post("/{name}/poll", response_model=None)
     def poll(name: Name, principal: CurrentPrincipal, state: State,
              claim_ttl: ClaimTtl = 30, limit: Limit = 10) -> list[dict[str, Any]]:
         return _queues(state).poll(principal.scope, kind, name, claim_ttl=claim_ttl,
@@ -131,13 +131,13 @@ def build_router(kind: Kind) -> APIRouter:
     def claim_count(name: Name, principal: CurrentPrincipal, state: State) -> dict[str, int]:
         return {"count": _queues(state).claim_count(principal.scope, kind, name)}
 
-    @router.post("/{name}/unclaimall")
+    @router.post("/{name}/unclaimall", response_model=None)
     def unclaim_all(name: Name, principal: CurrentPrincipal, state: State) -> dict[str, int]:
         count = _queues(state).unclaim_all(principal.scope, kind, name)
         _audit(state, principal, f"{kind}.unclaimed_all", f"{kind}:{name}", unclaimed=count)
         return {"unclaimed": count}
 
-    @router.delete("/{name}")
+    @router.delete("/{name}", response_model=None)
     def purge(name: Name, principal: CurrentPrincipal, state: State) -> dict[str, int]:
         count = _queues(state).purge(principal.scope, kind, name)
         _audit(state, principal, f"{kind}.purged", f"{kind}:{name}", purged=count)

@@ -42,10 +42,10 @@ async def set_faults(
 @faults_router.get("/api/_faults")
 def list_faults(principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     principal.require_admin()
-    return {"rules": state.faults.snapshot()}
+    return {"rules": state.faults.snapshot(), "holding": state.faults.holding}
 
 
-@faults_router.delete("/api/_faults")
+@faults_router.delete("/api/_faults", response_model=None)
 def clear_faults(principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     principal.require_admin(write=True)
     state.faults.clear()

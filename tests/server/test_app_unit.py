@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from mock_server.app import create_app
 from mock_server.config import ServerConfig
 from mock_server.errors import ApiError
 from mock_server.http_json import json_depth, parse_json_bytes
 from mock_server.keys import ADMIN_KEY_ENV
+from mock_server.routes import ROUTERS
+from mock_server.routes.system import faults_router
 from mock_server.state import AppState
 
 
@@ -92,3 +96,18 @@ def test_openapi_has_no_dangling_refs(tmp_path: Path) -> None:
     for ref in [part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]]:
         assert ref in components, ref
     app.state.ekodb.close()
+
+
+def test_no_write_route_needs_a_worker_thread_after_its_handler() -> None:
+    """See mock_server/routes/__init__.py: a sync write route with a response model would
+    validate its answer on a worker thread while holding the write lock."""
+    routes = [route for router in [*ROUTERS, faults_router] for route in router.routes
+              if isinstance(route, APIRoute)]
+    writes = [route for route in routes if route.methods & {"POST", "PUT", "PATCH", "DELETE"}]
+    offending = [
+        f"{sorted(route.methods)} {route.path}"
+        for route in writes
+        if not inspect.iscoroutinefunction(route.endpoint) and route.response_field is not None
+    ]
+    assert len(writes) > 30  # the walk found the routes
+    assert offending == [], "declare response_model=None on these routes"

@@ -1,9 +1,12 @@
-"""Two server processes on one data dir agree; a SIGKILLed server keeps acknowledged writes."""
+"""Two server processes on one data dir agree; a SIGKILLed server keeps acknowledged writes,
+and a write it was running when killed is applied exactly once by a retry elsewhere."""
 
 from __future__ import annotations
 
 import signal
 import ssl
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -46,3 +49,67 @@ def test_acknowledged_key_survives_sigkill(tmp_path: Path) -> None:
                          headers={"Authorization": f"Bearer {tok}"}).status_code == 200
     finally:
         proc.stop()
+
+
+# ------------------------------------------------------------- exactly once under SIGKILL
+
+
+def _labelled(c: httpx.Client, headers: dict[str, str], label: str) -> int:
+    return [k["label"] for k in c.get("/api/auth/keys", headers=headers).json()].count(label)
+
+
+def _kill_while_held(tmp_path: Path, when: str) -> tuple[httpx.Response, int, int]:
+    """Register a key through node A with a fault holding it at `when`, SIGKILL A during the
+    hold, retry the same request (same Idempotency-Key) on node B.
+
+    Returns B's answer, the count of keys with the label seen from B before the retry, and
+    after it.
+    """
+    label = f"held-{when}"
+    with ServerProcess(tmp_path, "--fault-injection") as a, \
+            ServerProcess(tmp_path, "--fault-injection") as b, client(a) as ca, client(b) as cb:
+        token = ca.post("/api/auth/token", json={"api_key": a.admin_key}).json()["token"]
+        admin = {"Authorization": f"Bearer {token}"}
+        rule = {"method": "POST", "path_prefix": "/api/auth/register", "when": when,
+                "seconds": 60}
+        assert ca.post("/api/_faults", json={"rules": [rule]}, headers=admin).is_success
+        write = {**admin, "Idempotency-Key": f"kill-{when}"}
+        lost: list[BaseException] = []
+
+        def first_attempt() -> None:
+            try:
+                ca.post("/api/auth/register", json={"label": label}, headers=write)
+            except httpx.TransportError as exc:
+                lost.append(exc)
+
+        attempt = threading.Thread(target=first_attempt)
+        attempt.start()
+        deadline = time.monotonic() + 20
+        while ca.get("/api/_faults", headers=admin).json()["holding"] == 0:
+            assert time.monotonic() < deadline, "the fault never held the request"
+            time.sleep(0.02)
+        a.kill(signal.SIGKILL)
+        attempt.join(10)
+        assert lost, "the first attempt got no answer: its node died"
+        before = _labelled(cb, admin, label)
+        retry = cb.post("/api/auth/register", json={"label": label}, headers=write)
+        after = _labelled(cb, admin, label)
+        again = cb.post("/api/auth/register", json={"label": label}, headers=write)
+        assert again.json() == retry.json()  # and from now on, the same answer
+        return retry, before, after
+
+
+def test_a_node_killed_before_its_write_commits_leaves_nothing_and_the_retry_applies_it(
+        tmp_path: Path) -> None:
+    retry, before, after = _kill_while_held(tmp_path, "hold_commit")
+    assert before == 0  # the write died with its node
+    assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
+    assert after == 1
+
+
+def test_a_node_killed_after_its_write_commits_answers_the_retry_from_the_stored_answer(
+        tmp_path: Path) -> None:
+    retry, before, after = _kill_while_held(tmp_path, "hold_answer")
+    assert before == 1  # committed before the node died
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    assert after == 1  # not applied a second time

@@ -1,0 +1,144 @@
+"""Storage transactions and units (one transaction held across a request), without HTTP."""
+
+from __future__ import annotations
+
+import contextvars
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mock_server.storage import Storage, register_schema
+
+register_schema("CREATE TABLE IF NOT EXISTS t_items (name TEXT PRIMARY KEY);")
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[Storage]:
+    s = Storage(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def add(storage: Storage, name: str) -> None:
+    with storage.transaction() as conn:
+        conn.execute("INSERT INTO t_items(name) VALUES (?)", (name,))
+
+
+def committed(path: Path) -> list[str]:
+    """What another process would see: a fresh connection of its own."""
+    conn = sqlite3.connect(path / "ekodb.sqlite3")
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT name FROM t_items"))
+    finally:
+        conn.close()
+
+
+def in_thread(fn: Callable[[], object]) -> None:
+    """Run in another thread with this context, as the threadpool runs a request's work."""
+    ctx = contextvars.copy_context()
+    t = threading.Thread(target=ctx.run, args=(fn,))
+    t.start()
+    t.join()
+
+
+def test_a_units_writes_stay_invisible_until_it_commits_with_its_last_step(
+        storage: Storage, tmp_path: Path) -> None:
+    with storage.unit() as unit:
+        in_thread(lambda: add(storage, "a"))
+        add(storage, "b")
+        # the request sees its own writes; nobody else does
+        assert [r[0] for r in storage.conn.execute("SELECT name FROM t_items ORDER BY name")] \
+            == ["a", "b"]
+        assert committed(tmp_path) == []
+    assert unit.begun
+
+    def last(conn: sqlite3.Connection) -> bool:
+        conn.execute("INSERT INTO t_items(name) VALUES ('answer')")
+        return True
+
+    assert unit.commit(last)
+    assert committed(tmp_path) == ["a", "answer", "b"]
+
+
+def test_a_unit_whose_last_step_declines_keeps_nothing(storage: Storage, tmp_path: Path) -> None:
+    with storage.unit() as unit:
+        add(storage, "a")
+    assert unit.commit(lambda conn: False) is False
+    assert committed(tmp_path) == []
+
+
+def test_rolling_back_a_unit_undoes_every_write_and_runs_its_undo_callbacks(
+        storage: Storage, tmp_path: Path) -> None:
+    events: list[str] = []
+    with storage.unit() as unit, storage.transaction():
+        add(storage, "a")
+        storage.after_commit(lambda: events.append("committed"))
+        storage.on_rollback(lambda: events.append("undone"))
+    assert events == []  # nothing happens at the end of the `with`: the unit still holds it
+    unit.rollback()
+    assert events == ["undone"]
+    assert committed(tmp_path) == []
+
+
+def test_a_failing_transaction_in_a_unit_undoes_only_its_own_writes(
+        storage: Storage, tmp_path: Path) -> None:
+    events: list[str] = []
+    with storage.unit() as unit:
+        add(storage, "kept")
+        with pytest.raises(sqlite3.IntegrityError), storage.transaction() as conn:
+            storage.on_rollback(lambda: events.append("undone"))
+            conn.execute("INSERT INTO t_items(name) VALUES ('partial')")
+            conn.execute("INSERT INTO t_items(name) VALUES ('kept')")  # duplicate: fails
+        assert events == ["undone"]
+    assert unit.commit()
+    assert committed(tmp_path) == ["kept"]
+
+
+def test_after_commit_callbacks_wait_for_the_real_commit(storage: Storage, tmp_path: Path
+                                                         ) -> None:
+    seen: list[list[str]] = []
+    with storage.unit() as unit, storage.transaction():
+        add(storage, "a")
+        storage.after_commit(lambda: seen.append(committed(tmp_path)))
+    assert seen == []
+    unit.commit()
+    assert seen == [["a"]]
+
+
+def test_plain_transactions_run_their_callbacks_at_commit_or_rollback(storage: Storage) -> None:
+    events: list[str] = []
+    with storage.transaction():
+        storage.after_commit(lambda: events.append("committed"))
+        storage.on_rollback(lambda: events.append("never"))
+    with pytest.raises(RuntimeError, match="boom"), storage.transaction():
+        storage.after_commit(lambda: events.append("never"))
+        storage.on_rollback(lambda: events.append("undone"))
+        raise RuntimeError("boom")
+    assert events == ["committed", "undone"]
+    with pytest.raises(RuntimeError, match="outside a transaction"):
+        storage.after_commit(lambda: None)
+
+
+def test_a_context_copied_from_a_finished_unit_does_not_join_it(
+        storage: Storage, tmp_path: Path) -> None:
+    """A context can outlive its request (uvicorn may start the next request in it)."""
+    with storage.unit() as unit:
+        add(storage, "first")
+        leaked = contextvars.copy_context()
+    unit.commit()
+    leaked.run(add, storage, "later")  # runs and commits on its own
+    assert committed(tmp_path) == ["first", "later"]
+
+
+def test_a_unit_that_wrote_nothing_takes_no_lock(storage: Storage, tmp_path: Path) -> None:
+    with storage.unit() as unit:
+        assert storage.conn.execute("SELECT COUNT(*) FROM t_items").fetchone() == (0,)
+    assert not unit.begun
+    add(storage, "free")  # not blocked by the unit
+    assert unit.commit(lambda conn: False)  # nothing to commit: the last step is not run
+    assert committed(tmp_path) == ["free"]
