@@ -123,44 +123,60 @@ class IdempotencyStore:
         return self._keyring.blind_index("idempotency", owner, key)
 
     def begin(self, owner: str, key: str, fp: bytes) -> Outcome:
-        """Claim the key for a first attempt, or say how to treat a repeat."""
+        """Claim the key for a first attempt, or say how to treat a repeat.
+
+        A repeat of a finished or running request is answered from a plain read, without
+        the write lock: a write holding that lock (until its answer commits) must not make
+        replays and waits queue behind it.
+        """
         ikey = self._ikey(owner, key)
         now = time.time()
         self._calls += 1
+        seen = self._decide(owner, ikey, fp, now, self._storage.conn)
+        if seen is not None and seen != "proceed":
+            return seen
         with self._storage.transaction() as conn:
             if self._calls % 200 == 1:
                 conn.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
-            row = conn.execute(
-                "SELECT fingerprint, state, status, headers, body, created, started, holder"
-                " FROM idempotency WHERE owner = ? AND ikey = ?",
-                (owner, ikey),
-            ).fetchone()
-            if row is not None and row[5] < now - self._ttl:
+            again = self._decide(owner, ikey, fp, now, conn)
+            if again is None:
                 conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ?", (owner, ikey))
-                row = None
-            if row is None:
                 conn.execute(
                     "INSERT INTO idempotency(owner, ikey, fingerprint, state, created, started,"
                     " holder) VALUES (?,?,?,'pending',?,?,?)",
                     (owner, ikey, fp, now, now, self.holder),
                 )
                 return "proceed"
-            stored_fp, state, status, headers, body, _created, started, holder = row
-            if bytes(stored_fp) != fp:
-                return "conflict"
-            if state == "done":
-                plain = self._keyring.decrypt(
-                    "idempotency", owner, body, aad("idempotency", owner, ikey.hex())
-                )
-                hdrs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers)]
-                return Replay(int(status), hdrs, plain)
-            if started < now - PENDING_LEASE or _holder_gone(holder, self.holder):
+            if again == "proceed":  # take over a crashed attempt's row
                 conn.execute(
                     "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
                     (now, self.holder, owner, ikey),
                 )
-                return "proceed"
-            return "wait"
+            return again
+
+    def _decide(self, owner: str, ikey: bytes, fp: bytes, now: float,
+                conn: sqlite3.Connection) -> Outcome | None:
+        """What the row says: None (absent or expired: claim it), "proceed" (a crashed
+        attempt's: take it over), or the answer to a repeat."""
+        row = conn.execute(
+            "SELECT fingerprint, state, status, headers, body, created, started, holder"
+            " FROM idempotency WHERE owner = ? AND ikey = ?",
+            (owner, ikey),
+        ).fetchone()
+        if row is None or row[5] < now - self._ttl:
+            return None
+        stored_fp, state, status, headers, body, _created, started, holder = row
+        if bytes(stored_fp) != fp:
+            return "conflict"
+        if state == "done":
+            plain = self._keyring.decrypt(
+                "idempotency", owner, body, aad("idempotency", owner, ikey.hex())
+            )
+            hdrs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers)]
+            return Replay(int(status), hdrs, plain)
+        if started < now - PENDING_LEASE or _holder_gone(holder, self.holder):
+            return "proceed"
+        return "wait"
 
     def complete(
         self, owner: str, key: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
@@ -194,20 +210,23 @@ class IdempotencyStore:
         with self._storage.transaction() as conn:
             return record(conn)
 
-    def forget(self, owner: str, key: str, unit: Unit | None = None) -> None:
-        """Commit the unit's writes without keeping an answer (too large to store)."""
+    def forget(self, owner: str, key: str, unit: Unit | None = None) -> bool:
+        """Commit the unit's writes without keeping an answer (too large to store).
+
+        Returns False (and rolls the unit back) when a retry took the key over, as
+        :meth:`complete` does.
+        """
         ikey = self._ikey(owner, key)
 
         def drop(conn: sqlite3.Connection) -> bool:
-            conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND holder = ?"
-                         " AND state = 'pending'", (owner, ikey, self.holder))
-            return True
+            cur = conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND"
+                               " holder = ? AND state = 'pending'", (owner, ikey, self.holder))
+            return cur.rowcount == 1
 
         if unit is not None and unit.begun:
-            unit.commit(drop)
-            return
+            return unit.commit(drop)
         with self._storage.transaction() as conn:
-            drop(conn)
+            return drop(conn)
 
     def abandon(self, owner: str, key: str) -> None:
         """Forget a pending attempt (it failed with 5xx or crashed) so a retry runs anew.

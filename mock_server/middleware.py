@@ -294,12 +294,16 @@ class IdempotencyMiddleware:
         held: list[Message] = []
         size = 0
         complete = False
-        passing = False  # over the cap: committed, now streaming through
+        # "holding" the answer; "passing" it through (over the cap, writes committed);
+        # "refused": a retry took the key over, this attempt's writes are rolled back
+        mode = "holding"
 
         async def capture(message: Message) -> None:
-            nonlocal status, size, complete, passing
-            if passing:
+            nonlocal status, size, complete, mode
+            if mode == "passing":
                 await send(message)
+                return
+            if mode == "refused":
                 return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
@@ -309,9 +313,10 @@ class IdempotencyMiddleware:
                     complete = True
             held.append(message)
             if size > self.max_stored and storable(status):
-                passing = True
-                await _finish(unit, self.store.forget, owner, key)
-                await _send_all(send, held)
+                kept = await _finish(unit, self.store.forget, owner, key)
+                mode = "passing" if kept else "refused"
+                if kept:
+                    await _send_all(send, held)
                 held.clear()
 
         failed: BaseException | None = None
@@ -324,30 +329,41 @@ class IdempotencyMiddleware:
         if failed is not None:
             await asyncio.shield(self._discard(owner, key, unit))
             raise failed
-        if passing:
+        if mode == "passing":
             return
-        if not (complete and storable(status)):
+        if mode == "holding" and not (complete and storable(status)):
             await self._discard(owner, key, unit)
             await _send_all(send, held)
             return
-        hold = scope.get(HOLD_COMMIT_KEY)
-        if hold is not None and unit.begun:
-            await hold()
-        start = next(m for m in held if m["type"] == "http.response.start")
-        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
-        body = b"".join(bytes(m.get("body", b"")) for m in held
-                        if m["type"] == "http.response.body")
-        kept = await _finish(unit, self.store.complete, owner, key, status, headers, body)
-        if not kept:  # a retry took the key over while this attempt ran: it answers
+        if mode == "holding":
+            try:
+                hold = scope.get(HOLD_COMMIT_KEY)
+                if hold is not None and unit.begun:
+                    await hold()
+                if not await self._complete(unit, owner, key, status, held):
+                    mode = "refused"
+            except BaseException:  # cancelled while held, or the answer could not be stored
+                await asyncio.shield(self._discard(owner, key, unit))
+                raise
+        if mode == "refused":  # a retry took the key over while this attempt ran
             await send_error(scope, send, 409, "idempotency_in_progress",
                              "a retry of this request with the same Idempotency-Key took "
                              "over; ask again for its answer", {"Retry-After": "1"})
             return
         await _send_all(send, held)
 
+    async def _complete(self, unit: Unit, owner: str, key: str, status: int,
+                        held: list[Message]) -> bool:
+        start = next(m for m in held if m["type"] == "http.response.start")
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        body = b"".join(bytes(m.get("body", b"")) for m in held
+                        if m["type"] == "http.response.body")
+        return await _finish(unit, self.store.complete, owner, key, status, headers, body)
+
     async def _discard(self, owner: str, key: str, unit: Unit) -> None:
         """Undo the attempt's writes, then free its key for a retry."""
         unit.rollback()  # on the loop, as in _finish: never waits
+        await asyncio.to_thread(unit.settle)
         await asyncio.to_thread(self.store.abandon, owner, key)
 
 
@@ -369,5 +385,9 @@ async def _finish(unit: Unit, step: Callable[..., R], *args: Any) -> R:
     writes the step opens its own transaction, which may wait: a thread then.
     """
     if unit.begun:
-        return step(*args, unit)
+        result = step(*args, unit)
+        # file unlinks and wake-ups the commit made due: off the loop, the lock is free
+        await asyncio.to_thread(unit.settle)
+        return result
+    unit.active = False  # holds nothing: the step's own transaction must not start it
     return await asyncio.to_thread(step, *args, unit)

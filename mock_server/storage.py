@@ -62,7 +62,7 @@ def _run_all(callbacks: list[Callback], what: str) -> None:
         try:
             callback()
         except Exception:
-            log.exception("storage: an %s callback failed", what)
+            log.exception("storage: a callback after %s failed", what)
 
 
 class Unit:
@@ -79,6 +79,7 @@ class Unit:
         self._depth = 0
         self._effects = _Effects()
         self._frame: _Effects | None = None
+        self._due: list[Callback] = []
         #: Joinable: inside its ``Storage.unit()`` block and neither committed nor rolled back.
         self.active = True
 
@@ -118,7 +119,7 @@ class Unit:
         except BaseException:
             conn.execute("ROLLBACK TO unit")
             conn.execute("RELEASE unit")
-            _run_all(self._frame.rolled_back, "on-rollback")
+            _run_all(self._frame.rolled_back, "a rollback")
             raise
         else:
             conn.execute("RELEASE unit")
@@ -135,6 +136,8 @@ class Unit:
         """Run ``last`` inside the transaction, then COMMIT (or ROLLBACK if it says False).
 
         Returns whether the writes were committed. Without a write, ``last`` is not run.
+        The after-commit (or on-rollback) callbacks wait for :meth:`settle`, so a caller on
+        an event loop can run them off it.
         """
         conn = self._conn
         if conn is None:
@@ -151,11 +154,11 @@ class Unit:
             self.rollback()
             return False
         self._release()
-        _run_all(self._effects.committed, "after-commit")
+        self._due = self._effects.committed
         return True
 
     def rollback(self) -> None:
-        """Discard every write of the unit (idempotent)."""
+        """Discard every write of the unit (idempotent); callbacks wait for :meth:`settle`."""
         conn = self._conn
         if conn is None:
             self.active = False
@@ -165,7 +168,12 @@ class Unit:
                 conn.execute("ROLLBACK")
         finally:
             self._release()
-            _run_all(self._effects.rolled_back, "on-rollback")
+            self._due = self._effects.rolled_back
+
+    def settle(self) -> None:
+        """Run the callbacks the commit or rollback made due (file unlinks, wake-ups)."""
+        due, self._due = self._due, []
+        _run_all(due, "a unit's commit or rollback")
 
     def _release(self) -> None:
         self.active = False  # later transactions in this context run on their own
@@ -303,13 +311,13 @@ class Storage:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
-            _run_all(effects.rolled_back, "on-rollback")
+            _run_all(effects.rolled_back, "a rollback")
             raise
         else:
             conn.execute("COMMIT")
         finally:
             self._local.depth, self._local.effects = 0, None
-        _run_all(effects.committed, "after-commit")
+        _run_all(effects.committed, "a commit")
 
     def _effects_now(self) -> _Effects:
         unit = self._unit()

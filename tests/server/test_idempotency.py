@@ -194,3 +194,48 @@ def test_an_answer_is_sent_only_once_its_write_is_committed(api: Api) -> None:
         assert len(keys_labelled(api, label)) == 1
     finally:
         api.http.delete("/api/_faults", headers=admin)
+
+
+def test_an_answer_too_large_to_store_is_sent_and_its_write_kept(
+        ekodb_server_factory: ServerFactory) -> None:
+    """Answers over the cap (JSON body limit + 1 MiB) stream through after their writes
+    commit; the key is then free again, so a retry runs anew instead of replaying."""
+    api = Api(ekodb_server_factory(max_body_bytes=64 * 1024))  # cap: 1.06 MiB
+    try:
+        admin = api.admin
+        blob = "x" * 60_000
+        for i in range(24):
+            assert api.http.post("/api/queue/big/send", json={"i": i, "pad": blob},
+                                 headers=admin).status_code == 200
+        h = {**admin, "Idempotency-Key": uuid.uuid4().hex}
+        polled = api.http.post("/api/queue/big/poll?limit=24", headers=h)
+        assert polled.status_code == 200 and len(polled.content) > 64 * 1024 + 1024 * 1024
+        assert sorted(m["payload"]["i"] for m in polled.json()) == list(range(24))
+        assert api.http.get("/api/queue/big/claimcount", headers=admin).json() == {"count": 24}
+        again = api.http.post("/api/queue/big/poll?limit=24", headers=h)
+        assert again.status_code == 200 and "idempotent-replayed" not in again.headers
+        assert again.json() == []  # ran again: everything is claimed already
+    finally:
+        api.close()
+
+
+def test_a_read_answer_too_large_to_store_leaves_the_database_writable(
+        ekodb_server_factory: ServerFactory) -> None:
+    """A POST read (find) with an Idempotency-Key wrote nothing: passing its big answer
+    through must not open a transaction that nobody commits."""
+    api = Api(ekodb_server_factory(max_body_bytes=64 * 1024))
+    try:
+        admin = api.admin
+        assert api.http.post("/api/collections/wide", headers=admin).status_code == 200
+        for i in range(24):
+            assert api.http.post("/api/insert/wide", json={"i": i, "pad": "y" * 60_000},
+                                 headers=admin).status_code == 200
+        found = api.http.post("/api/find/wide", json={"limit": 100},
+                              headers={**admin, "Idempotency-Key": uuid.uuid4().hex})
+        assert found.status_code == 200 and len(found.json()) == 24
+        started = time.monotonic()
+        write = api.http.post("/api/insert/wide", json={"after": True}, headers=admin)
+        assert write.status_code == 200
+        assert time.monotonic() - started < 5  # not stuck behind a lock nobody releases
+    finally:
+        api.close()

@@ -81,8 +81,10 @@ def test_rolling_back_a_unit_undoes_every_write_and_runs_its_undo_callbacks(
         storage.on_rollback(lambda: events.append("undone"))
     assert events == []  # nothing happens at the end of the `with`: the unit still holds it
     unit.rollback()
-    assert events == ["undone"]
     assert committed(tmp_path) == []
+    assert events == []  # callbacks wait for settle(), so a caller can run them off its loop
+    unit.settle()
+    assert events == ["undone"]
 
 
 def test_a_failing_transaction_in_a_unit_undoes_only_its_own_writes(
@@ -107,6 +109,7 @@ def test_after_commit_callbacks_wait_for_the_real_commit(storage: Storage, tmp_p
         storage.after_commit(lambda: seen.append(committed(tmp_path)))
     assert seen == []
     unit.commit()
+    unit.settle()
     assert seen == [["a"]]
 
 
@@ -124,12 +127,20 @@ def test_plain_transactions_run_their_callbacks_at_commit_or_rollback(storage: S
         storage.after_commit(lambda: None)
 
 
-def test_a_context_copied_from_a_finished_unit_does_not_join_it(
+def count(storage: Storage) -> int:
+    row = storage.conn.execute("SELECT COUNT(*) FROM t_items").fetchone()
+    return int(row[0])
+
+
+def test_a_context_copied_from_a_unit_does_not_join_it_once_its_block_ends(
         storage: Storage, tmp_path: Path) -> None:
     """A context can outlive its request (uvicorn may start the next request in it)."""
     with storage.unit() as unit:
         add(storage, "first")
         leaked = contextvars.copy_context()
+        assert leaked.run(count, storage) == 1  # inside the block: part of the unit
+    # the block is over but the unit still holds its write: the copy no longer sees it
+    assert leaked.run(count, storage) == 0
     unit.commit()
     leaked.run(add, storage, "later")  # runs and commits on its own
     assert committed(tmp_path) == ["first", "later"]
