@@ -86,8 +86,10 @@ def storable(status: int) -> bool:
     return 200 <= status < 500 and status not in (408, 429)
 
 
-def fingerprint(method: str, path: str, query: bytes) -> bytes:
-    return hashlib.sha256(f"{method.upper()} {path}?".encode() + query).digest()
+def fingerprint(method: str, path: str, query: bytes, body: bytes = b"") -> bytes:
+    """What a repeat must match: the request's method, path, query and body."""
+    head = hashlib.sha256(f"{method.upper()} {path}?".encode() + query).digest()
+    return hashlib.sha256(head + hashlib.sha256(body).digest()).digest()
 
 
 @dataclass(frozen=True)

@@ -205,8 +205,10 @@ OwnerResolver = Callable[[Scope], str | None]
 class IdempotencyMiddleware:
     """Replays the first answer to a repeated (key id, Idempotency-Key) write.
 
-    Never reads the request body (blob uploads stream through untouched); the fingerprint
-    is method + path + query. The response is captured, up to ``max_stored`` bytes.
+    The fingerprint a repeat must match is method + path + query + a hash of the body, so a
+    key reused for another body is refused, not answered with the first body's result.
+    Bodies under ``streamed`` prefixes (blob uploads, up to GiBs) are not read ahead and
+    not part of it. The response is captured, up to ``max_stored`` bytes.
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class IdempotencyMiddleware:
         wait_seconds: float,
         max_stored: int,
         excluded: frozenset[str] = frozenset({"/api/auth/token"}),
+        streamed: tuple[str, ...] = ("/api/blob/",),
     ) -> None:
         self.app = app
         self.store = store
@@ -224,6 +227,7 @@ class IdempotencyMiddleware:
         self.wait_seconds = wait_seconds
         self.max_stored = max_stored
         self.excluded = excluded
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
@@ -242,7 +246,16 @@ class IdempotencyMiddleware:
         if owner is None:  # not authenticated: the route itself will refuse
             await self.app(scope, receive, send)
             return
-        fp = fingerprint(str(scope["method"]), path, bytes(scope.get("query_string", b"")))
+        body = b""
+        if not path.startswith(self.streamed):
+            # read now (the body cap applies as it comes in), hand the same bytes on below
+            read = await _read_body(receive)
+            if read is None:  # the client went away: nobody to answer
+                return
+            body = read
+            receive = _replayed_body(body, receive)
+        fp = fingerprint(str(scope["method"]), path, bytes(scope.get("query_string", b"")),
+                         body)
         deadline = time.monotonic() + self.wait_seconds
         delay = 0.01
         while True:
@@ -365,6 +378,33 @@ class IdempotencyMiddleware:
         unit.rollback()  # on the loop, as in _finish: never waits
         await asyncio.to_thread(unit.settle)
         await asyncio.to_thread(self.store.abandon, owner, key)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(bytes(message.get("body", b"")))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replayed_body(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the app the body read ahead, then waits on the real one (for
+    a disconnect)."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 async def _send_all(send: Send, messages: list[Message]) -> None:

@@ -43,6 +43,19 @@ def test_different_fingerprint_is_409(api: Api) -> None:
     assert_error(r2, 409, "idempotency_key_reused")
 
 
+def test_a_key_reused_with_another_body_is_refused_and_stores_nothing(api: Api) -> None:
+    h = {**api.admin, "Idempotency-Key": str(uuid.uuid4())}
+    first, other = "body-a-" + uuid.uuid4().hex[:8], "body-b-" + uuid.uuid4().hex[:8]
+    assert api.http.post("/api/auth/register", json={"label": first}, headers=h
+                         ).status_code == 200
+    reused = api.http.post("/api/auth/register", json={"label": other}, headers=h)
+    assert_error(reused, 409, "idempotency_key_reused")
+    assert keys_labelled(api, other) == []
+    same = api.http.post("/api/auth/register", json={"label": first}, headers=h)
+    assert same.headers["idempotent-replayed"] == "true"
+    assert len(keys_labelled(api, first)) == 1
+
+
 def test_keys_are_per_api_key(api: Api) -> None:
     """The same Idempotency-Key from two API keys are two different requests."""
     idem = str(uuid.uuid4())
