@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 import socket
 import threading
 from collections.abc import Mapping
@@ -12,19 +13,32 @@ from types import TracebackType
 from typing import Any
 
 import anyio.to_thread
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mock_server.app import create_app
+from mock_server.asgi import error_body
 from mock_server.config import ServerConfig
 from mock_server.metrics import Metrics
 from mock_server.routes.ws import MAX_FRAME
 from mock_server.state import AppState
 from mock_server.tls import ensure_local_ca
 
+#: Largest request line + headers accepted (h11's default is 16 KiB). The API describes
+#: query strings up to two 8192-character fields (``select_fields``/``exclude_fields``):
+#: percent-encoded 4-byte characters make that about 192 KiB, which must reach the app (and
+#: its validation) rather than be refused by the HTTP parser.
+MAX_REQUEST_HEAD = 256 * 1024
+
 
 def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
-    """An H11Protocol that counts TCP connections (ekodb_connections_* metrics)."""
+    """An H11Protocol that counts TCP connections (ekodb_connections_* metrics).
+
+    It also answers requests h11 cannot parse (a malformed request line or header, or a
+    request head over MAX_REQUEST_HEAD) with the SPEC §4.2 JSON envelope instead of
+    uvicorn's plain-text 400: they never reach the app.
+    """
 
     class CountingH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -44,6 +58,21 @@ def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
                 self.transport.abort()
             else:
                 super().shutdown()
+
+        def send_400_response(self, msg: str) -> None:
+            rid = "req_" + secrets.token_hex(12)
+            body = error_body("bad_request", "invalid HTTP request: malformed, or request line "
+                              "and headers too large", rid)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", rid.encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+            self.transport.close()
 
     return CountingH11Protocol
 
@@ -137,21 +166,25 @@ class ReferenceServer:
             # the protocol refuses bigger frames itself (close 1009) before buffering them;
             # the route's own 64 KiB check stays the one that answers with a reason
             ws_max_size=MAX_FRAME + 1024,
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
             **ssl,
         )
         self._server = uvicorn.Server(uv_config)
         sock = self._sock
         server = self._server
         threads = cfg.worker_threads
+        loop_factory = uv_config.get_loop_factory()  # what server.run() would use
 
         async def serve() -> None:
             # blocking work (SQLite, crypto) runs on this many threads (anyio's limiter)
             anyio.to_thread.current_default_thread_limiter().total_tokens = threads
             await server.serve(sockets=[sock])
 
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(serve()), name="ekodb-reference-server", daemon=True,
-        )
+        def run() -> None:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(serve())
+
+        self._thread = threading.Thread(target=run, name="ekodb-reference-server", daemon=True)
         self._thread.start()
         deadline = threading.Event()
         waited = 0.0
