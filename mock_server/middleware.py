@@ -265,7 +265,8 @@ class IdempotencyMiddleware:
                 return
             if outcome == "conflict":
                 await send_error(scope, send, 409, "idempotency_key_reused",
-                                 "Idempotency-Key was already used for a different request")
+                                 "Idempotency-Key was already used for a different request "
+                                 "(method, path, query or body); use a new key")
                 return
             if outcome == "proceed":
                 break
