@@ -366,7 +366,8 @@ def parse_request(body: object) -> _Request:
     if query is not None and len(query) > MAX_QUERY_CHARS:
         raise _invalid(f"query is longer than {MAX_QUERY_CHARS} characters")
     case_sensitive = _bool(body, "case_sensitive", False)
-    terms = list(dict.fromkeys(_TOKEN.findall(query or "")))
+    terms = list(dict.fromkeys(t if case_sensitive else t.lower()
+                               for t in _TOKEN.findall(query or "")))
     if len(terms) > MAX_QUERY_TERMS:
         raise _invalid(f"query has more than {MAX_QUERY_TERMS} distinct terms")
     vector = _vector(body.get("vector"))
@@ -397,7 +398,7 @@ def parse_request(body: object) -> _Request:
     limit = _int(body, "limit", 1, MAX_LIMIT)
     vector_field = body.get("vector_field")
     return _Request(
-        terms=[t if case_sensitive else t.lower() for t in terms],
+        terms=terms,
         fields=_paths(body.get("fields"), "fields"),
         weights=_weights(body.get("weights")),
         stemming=_bool(body, "enable_stemming", english) and english,
