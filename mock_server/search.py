@@ -29,6 +29,7 @@ field times the field weight; text scores are scaled so the best hit of a query 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -93,6 +94,7 @@ def _invalid(message: str) -> ApiError:
 # --------------------------------------------------------------------------- text analysis
 
 
+@functools.lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A light English suffix stripper (plurals, -ing, -ed, -ly): enough to match run/running."""
     for suffix, keep in (("ies", "y"), ("sses", "ss"), ("ing", ""), ("edly", ""), ("ed", ""),
@@ -137,7 +139,8 @@ def _texts(value: Any, path: str, out: dict[str, list[str]]) -> None:
                 _texts(child, f"{path}.{key}" if path else key, out)
     elif isinstance(value, list):
         for child in value:
-            _texts(child, path, out)
+            if isinstance(child, (str, Mapping, list)):  # vectors: skip numbers fast
+                _texts(child, path, out)
 
 
 def _at_or_below(path: str, base: str) -> bool:
@@ -189,10 +192,14 @@ class _Index:
         self.docs[ridx] = doc
         for path, words in doc.tokens.items():
             self.field_tokens[path] = self.field_tokens.get(path, 0) + len(words)
+        postings = self.postings
         for bag in doc.counts.values():
             for term in bag:
-                self.postings.setdefault(term, set()).add(ridx)
-                self.stems.setdefault(stem(term), set()).add(term)
+                ids = postings.get(term)
+                if ids is None:
+                    ids = postings[term] = set()
+                    self.stems.setdefault(stem(term), set()).add(term)
+                ids.add(ridx)
 
     def _remove(self, ridx: bytes) -> None:
         doc = self.docs.pop(ridx)
