@@ -12,6 +12,7 @@ interleaved rounds, wall clock from one client over TLS keep-alive, server in it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import ssl
@@ -44,6 +45,39 @@ def _median_ms(fn: Callable[[], object], calls: int) -> float:
     return statistics.median(samples)
 
 
+def _measure(http: httpx.Client, h: dict[str, str], post: Callable[[str, Any], Any],
+             coll: str, size: int, args: argparse.Namespace, rng: random.Random
+             ) -> dict[str, Any]:
+    first_id = post(f"/api/find/{coll}", {"limit": 1})[0]["id"]
+    find = {"filter": {"type": "Condition", "content": {
+        "field": "team", "operator": "Eq", "value": "a"}}, "limit": 10}
+    vec = [rng.uniform(-1, 1) for _ in range(args.dims)]
+    bodies = {"text": {"query": "machine learning", "limit": 10},
+              "fuzzy": {"query": "machin lerning", "fuzzy": True, "limit": 10},
+              "vector": {"vector": vec, "limit": 10},
+              "hybrid": {"query": "garden", "vector": vec, "limit": 10}}
+    url = f"/api/search/{coll}"
+    t = time.perf_counter()
+    post(url, bodies["text"])
+    row: dict[str, Any] = {
+        "records": size,
+        "first search (index build) ms": (time.perf_counter() - t) * 1000,
+        "find (filter) ms": _median_ms(lambda: post(f"/api/find/{coll}", find), args.calls),
+    }
+    for name, body in bodies.items():
+        row[f"{name} ms"] = _median_ms(functools.partial(post, url, body), args.calls)
+    updated: list[float] = []
+    for _ in range(args.calls):
+        http.put(f"/api/update/{coll}/{first_id}",
+                 json={"title": " ".join(rng.choices(WORDS, k=4))}, headers=h
+                 ).raise_for_status()
+        t = time.perf_counter()
+        post(url, bodies["text"])
+        updated.append((time.perf_counter() - t) * 1000)
+    row["text after 1 update ms"] = statistics.median(updated)
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="500,2000,5000")
@@ -71,43 +105,7 @@ def main() -> None:
                     post(f"/api/batch/insert/{coll}", {"inserts": [
                         {"data": _record(rng, args.dims)}
                         for _ in range(min(1000, size - start))]})
-                first_id = post(f"/api/find/{coll}", {"limit": 1})[0]["id"]
-                find = {"filter": {"type": "Condition", "content": {
-                    "field": "team", "operator": "Eq", "value": "a"}}, "limit": 10}
-                text = {"query": "machine learning", "limit": 10}
-                fuzzy = {"query": "machin lerning", "fuzzy": True, "limit": 10}
-                vec = [rng.uniform(-1, 1) for _ in range(args.dims)]
-                vector = {"vector": vec, "limit": 10}
-                hybrid = {"query": "garden", "vector": vec, "limit": 10}
-                url = f"/api/search/{coll}"
-                t = time.perf_counter()
-                post(url, text)
-                cold = (time.perf_counter() - t) * 1000
-
-                def after_update() -> None:
-                    http.put(f"/api/update/{coll}/{first_id}",
-                             json={"title": " ".join(rng.choices(WORDS, k=4))},
-                             headers=h).raise_for_status()
-                    t0 = time.perf_counter()
-                    post(url, text)
-                    updated.append((time.perf_counter() - t0) * 1000)
-
-                updated: list[float] = []
-                row = {
-                    "records": size,
-                    "find (filter) ms": _median_ms(lambda: post(f"/api/find/{coll}", find),
-                                                   args.calls),
-                    "first search (index build) ms": cold,
-                    "text ms": _median_ms(lambda: post(url, text), args.calls),
-                    "fuzzy ms": _median_ms(lambda: post(url, fuzzy), args.calls),
-                    "vector ms": _median_ms(lambda: post(url, vector), args.calls),
-                    "hybrid ms": _median_ms(lambda: post(url, hybrid), args.calls),
-                }
-                for _ in range(args.calls):
-                    after_update()
-                row["text after 1 update ms"] = statistics.median(updated)
-                rows.append({k: round(v, 2) if isinstance(v, float) else v
-                             for k, v in row.items()})
+                rows.append(_measure(http, h, post, coll, size, args, rng))
                 http.delete(f"/api/collections/{coll}", headers=h)
     print(json.dumps(rows, indent=2))
 
