@@ -68,8 +68,7 @@ _KEYS: Final = frozenset({
     "query", "fields", "weights", "language", "case_sensitive", "fuzzy", "max_edit_distance",
     "enable_stemming", "boost_exact", "min_score", "limit", "vector", "vector_field",
     "vector_metric", "vector_k", "vector_threshold", "text_weight", "vector_weight",
-    "select_fields", "exclude_fields", "filters", "filter", "bypass_cache", "bypass_ripple",
-    "transaction_id"})
+    "select_fields", "exclude_fields", "filters", "filter", "bypass_cache", "bypass_ripple"})
 _TOKEN: Final = re.compile(r"\w+", re.UNICODE)
 
 

@@ -255,3 +255,31 @@ def test_analysis_helpers() -> None:
     assert edit_distance("abc", "xyz", 1) == 2
     req = parse_request({"query": "Hello, hello World", "weights": "title:2,body:0.5"})
     assert req.terms == ["hello", "world"] and req.weights == {"title": 2.0, "body": 0.5}
+
+
+def test_index_sees_writes_made_by_another_process_on_the_same_data(tmp_path: Any) -> None:
+    """Two AppStates on one data dir stand in for two server processes: the searching one
+    never hears of the other's writes through its ChangeFeed, yet its results are current."""
+    from mock_server.config import ServerConfig
+    from mock_server.permissions import Scope
+    from mock_server.state import AppState
+
+    class Admin:
+        key_id, label = "k", "admin"
+        scope = Scope(is_admin=True, read_only=False, rules={})
+
+    one = AppState.open(ServerConfig(data_dir=tmp_path), environ={})
+    two = AppState.open(ServerConfig(data_dir=tmp_path), environ={})
+    try:
+        one.datastore.create_collection(Admin(), "c")
+        rid = two.datastore.insert(Admin(), "c", {"title": "first"})["id"]
+        hits = one.search.search(Admin(), "c", {"query": "first"})["results"]
+        assert [h["record"]["id"] for h in hits] == [rid]
+        two.datastore.update(Admin(), "c", rid, {"title": "second"})
+        assert one.search.search(Admin(), "c", {"query": "first"})["results"] == []
+        assert one.search.search(Admin(), "c", {"query": "second"})["total"] == 1
+        two.datastore.delete(Admin(), "c", rid)
+        assert one.search.search(Admin(), "c", {"query": "second"})["total"] == 0
+    finally:
+        one.close()
+        two.close()
