@@ -25,6 +25,7 @@ writes from any process sharing the data directory. Cost: one header scan per se
 search of a collection decrypts all of it. At most ``MAX_COLLECTIONS`` indexes are kept
 (least recently used evicted). Vectors are compared by brute force. Scoring is BM25 per
 field times the field weight; text scores are scaled so the best hit of a query scores 1.0.
+Stemming is a light English suffix stripper; other languages are tokenized without it.
 """
 
 from __future__ import annotations

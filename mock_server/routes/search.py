@@ -102,7 +102,7 @@ async def subscribe(collection: str, request: Request, principal: CurrentPrincip
             while True:
                 changes = await feed.next(min(HEARTBEAT, AUTH_RECHECK))
                 now = time.monotonic()
-                if now - last_auth >= AUTH_RECHECK or changes is not None:
+                if now - last_auth >= AUTH_RECHECK:
                     last_auth = now
                     try:
                         scope = (await run_in_threadpool(

@@ -75,7 +75,7 @@ def sse(api: Api, coll: str, h: H, **params: str) -> Iterator[Sse]:
 
 def test_sse_delivers_inserts_updates_and_deletes_through_field_rules(api: Api,
                                                                         coll: str) -> None:
-    key = api.create_key(collection_permissions={
+    key = api.create_key(read_only=True, collection_permissions={
         coll: {"read": True, "exclude_fields": ["secret"]}})
     h = api.headers(key["api_key"])
     with sse(api, coll, h) as feed:
@@ -201,3 +201,26 @@ def test_ws_subscribe_errors_name_the_problem(api: Api, coll: str,
     while frame.get("op") == "heartbeat":
         frame = json.loads(admin_ws.recv(timeout=10))
     assert frame == {"op": "pong"}
+
+
+def _wait_for(predicate: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def test_feeds_are_released_when_clients_go_away(api: Api, coll: str,
+                                                 ws_open: Any) -> None:  # noqa: F811
+    state = api.info.server.state
+    assert state is not None
+    with sse(api, coll, api.admin):
+        assert state.realtime.open_count() >= 1
+        ws = ws_open(api.token(api.info.admin_key))
+        ws.send(json.dumps({"type": "Subscribe", "payload": {"collection": coll}}))
+        recv_type(ws, "Success")
+        assert state.realtime.open_count() >= 2
+        ws.close()
+    assert _wait_for(lambda: state.realtime.open_count() == 0)

@@ -176,6 +176,11 @@ def test_hidden_fields_are_never_matched_scored_or_returned(api: Api, coll: str,
     assert all(h["matched_fields"] == ["title"] and "secret" not in h["record"] for h in hits)
     assert search(api, coll, {"query": "banana"}, restricted) == []
     assert search(api, coll, {"query": "banana", "fuzzy": True}, restricted) == []
+    # a key limited by select_fields is held to them just the same
+    only_title = api.headers(api.create_key(collection_permissions={
+        coll: {"read": True, "select_fields": ["title"]}})["api_key"])
+    assert [h["score"] for h in search(api, coll, {"query": "apple"}, only_title)] == [1.0, 1.0]
+    assert search(api, coll, {"query": "banana"}, only_title) == []
 
 
 def test_naming_a_hidden_field_is_refused(api: Api, coll: str, restricted: H) -> None:
