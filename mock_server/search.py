@@ -540,7 +540,8 @@ class SearchService:
             candidates = ((r, d) for r, d in candidates if flt.matches(d.record))
         allowed = dict(candidates)
         text = self._text_scores(scope, collection, index, allowed, req) if req.terms else {}
-        vector = self._vector_scores(allowed, req) if req.vector is not None else {}
+        vector = (self._vector_scores(allowed, req, keep=set(text))
+                  if req.vector is not None else {})
         hybrid = bool(req.terms) and req.vector is not None
         top_text = max((s for s, _ in text.values()), default=0.0)
         scores: list[tuple[float, int, _Doc, list[str]]] = []
@@ -643,9 +644,13 @@ class SearchService:
         return {ridx: (score, sorted(matched[ridx])) for ridx, score in totals.items()}
 
     @staticmethod
-    def _vector_scores(allowed: Mapping[bytes, _Doc], req: _Request
+    def _vector_scores(allowed: Mapping[bytes, _Doc], req: _Request, keep: set[bytes]
                        ) -> dict[bytes, tuple[float, float]]:
-        """ridx -> (similarity, similarity scaled to [0, 1] for hybrid), top vector_k."""
+        """ridx -> (similarity, similarity scaled to [0, 1] for hybrid).
+
+        The ``vector_k`` nearest (default: ``limit``), plus every record in ``keep`` (the
+        text matches of a hybrid search), so a text hit is never scored without its vector.
+        """
         assert req.vector is not None
         sims: list[tuple[float, bytes]] = []
         for ridx, doc in allowed.items():
@@ -658,7 +663,7 @@ class SearchService:
             sims.append((sim, ridx))
         sims.sort(key=lambda item: -item[0])
         k = req.vector_k if req.vector_k is not None else req.limit
-        sims = sims[:k]
+        sims = sims[:k] + [item for item in sims[k:] if item[1] in keep]
         if req.metric == "cosine":
             return {r: (s, (s + 1) / 2) for s, r in sims}
         if req.metric == "euclidean":

@@ -153,6 +153,16 @@ def test_hybrid_weights_move_the_ranking(api: Api, coll: str) -> None:
     assert vec_heavy[1]["matched_fields"] == ["embedding", "title"]
 
 
+def test_hybrid_scores_a_text_hit_with_its_vector_even_outside_vector_k(api: Api,
+                                                                        coll: str) -> None:
+    insert(api, coll, {"title": "tomato", "embedding": [0.6, 0.8]})
+    insert(api, coll, {"title": "other", "embedding": [1.0, 0.0]})
+    hits = search(api, coll, {"query": "tomato", "vector": [1.0, 0.0], "vector_k": 1})
+    assert titles(hits) == ["tomato", "other"]
+    # 0.5 * text 1.0 + 0.5 * cosine 0.6 scaled to (0.6 + 1) / 2
+    assert hits[0]["score"] == pytest.approx(0.9) and hits[1]["score"] == pytest.approx(0.5)
+
+
 # ------------------------------------------------------------------------------ field rules
 
 
