@@ -482,6 +482,11 @@ class SearchService:
         self._max = max_collections
         self._clock = clock
 
+    def indexed(self) -> list[str]:
+        """Collections whose index this process holds (most recently searched last)."""
+        with self._lock:
+            return list(self._indexes)
+
     def _index(self, collection: str) -> _Index:
         with self._lock:
             index = self._indexes.get(collection)
@@ -504,7 +509,13 @@ class SearchService:
         self._check_readable(scope, collection, req)
         index = self._index(collection)
         with index.lock:
-            index.sync(self._records, collection)
+            try:
+                index.sync(self._records, collection)
+            except ApiError:  # dropped (404): forget what was held of it
+                with self._lock:
+                    if self._indexes.get(collection) is index:
+                        del self._indexes[collection]
+                raise
             hits = self._run(scope, collection, index, req)
             total = len(hits)
             results = [{"record": _narrow(collection, scope.project(collection, doc.record),

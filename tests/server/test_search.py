@@ -237,6 +237,19 @@ def test_bad_bodies_get_400_and_the_server_keeps_serving(api: Api, coll: str, bo
     assert titles(search(api, coll, {"query": "still"})) == ["still here"]
 
 
+def test_a_dropped_collection_leaves_no_index_behind(api: Api) -> None:
+    name = "srch_drop_" + uuid.uuid4().hex[:8]
+    api.http.post(f"/api/collections/{name}", headers=api.admin)
+    insert(api, name, {"title": "gone soon"})
+    search(api, name, {"query": "gone"})
+    state = api.info.server.state
+    assert state is not None and name in state.search.indexed()
+    api.http.delete(f"/api/collections/{name}", headers=api.admin)
+    assert_error(api.http.post(f"/api/search/{name}", json={"query": "gone"},
+                               headers=api.admin), 404, "collection_not_found")
+    assert name not in state.search.indexed()
+
+
 def test_unknown_collection_and_bad_names(api: Api) -> None:
     assert_error(api.http.post("/api/search/srch_missing_zz", json={"query": "a"},
                                headers=api.admin), 404, "collection_not_found")
