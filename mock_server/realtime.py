@@ -85,7 +85,7 @@ class Feed:
         """The next commit's changes for this collection, or None after ``timeout`` s."""
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             return None
 
     def describe(self) -> dict[str, Any]:
