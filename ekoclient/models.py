@@ -20,9 +20,11 @@ __all__ = [
     "ConsumeStats",
     "Event",
     "Message",
+    "MutationNotification",
     "NewApiKey",
     "PollResult",
     "RenewResult",
+    "SearchHit",
     "Subscription",
 ]
 
@@ -161,3 +163,24 @@ class ConsumeStats(_Model):
     failed: int = 0
     lost: int = 0
     polls: int = 0
+
+
+class SearchHit(_Model):
+    """One search result: the record (as the key may see it), its relevance ``score`` and
+    the fields that matched (text fields, plus the vector field in vector/hybrid search)."""
+
+    record: dict[str, Any]
+    score: float
+    matched_fields: list[str] = Field(default_factory=list)
+
+
+class MutationNotification(_Model):
+    """One live change notification (ekoDB's ``MutationNotification``): ``event`` is
+    ``insert``, ``update`` or ``delete``; ``records`` are the records now (projected through
+    the key's field rules), None for deletes. One batch write may be one notification."""
+
+    collection: str
+    event: str
+    record_ids: list[str] = Field(default_factory=list)
+    records: list[dict[str, Any]] | None = None
+    timestamp: datetime

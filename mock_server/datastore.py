@@ -651,3 +651,41 @@ class DataStore:
                     self._remove(tx, name, cidx, record["id"], caller, "record.batch_delete")
                     ok.append(record["id"])
         return self._result(ok, [])
+
+    # ---------------------------------------------------------------- search support
+
+    def record_versions(self, collection: str) -> list[tuple[bytes, bytes]]:
+        """``(blind id, version)`` of every record, in insertion order, without decrypting.
+
+        The version is the ciphertext's header (format byte + random nonce), new on every
+        write, so an in-memory index (:mod:`mock_server.search`) sees what changed since it
+        last looked, also when another process wrote. 404 if the collection does not exist.
+        """
+        conn = self._storage.conn
+        cidx = self._exists(conn, collection)
+        rows = conn.execute("SELECT ridx, substr(data, 1, 13) FROM ds_records "
+                            "WHERE cidx = ? ORDER BY seq", (cidx,)).fetchall()
+        return [(bytes(ridx), bytes(tag)) for ridx, tag in rows]
+
+    def load_versions(self, collection: str, ridxs: Sequence[bytes]
+                      ) -> dict[bytes, tuple[bytes, dict[str, Any]]]:
+        """Decrypt the records with these blind ids: ``ridx -> (version, record)``.
+
+        Records deleted since :meth:`record_versions` are simply absent.
+        """
+        conn = self._storage.conn
+        cidx = self._cidx(collection)
+        out: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+        for start in range(0, len(ridxs), 500):
+            chunk = list(ridxs[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT ridx, rid, data FROM ds_records WHERE cidx = ? AND ridx IN ({marks})"  # noqa: S608 - '?' marks only
+            rows = conn.execute(sql, (cidx, *chunk)).fetchall()
+            for ridx, rid, data in rows:
+                record_id = self._open_id(collection, ridx, rid)
+                out[bytes(ridx)] = (bytes(data[:13]), self._open(collection, record_id, data))
+        return out
+
+    def require_collection(self, collection: str) -> None:
+        """404 ``collection_not_found`` unless the collection exists (for change feeds)."""
+        self._exists(self._storage.conn, collection)

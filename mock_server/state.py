@@ -20,6 +20,8 @@ from mock_server.keys import IPAddress, IPNetwork, KeyStore
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
 from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, SqliteTatStore
+from mock_server.realtime import Realtime
+from mock_server.search import SearchService
 from mock_server.storage import Storage
 from mock_server.tokens import TokenService
 
@@ -53,11 +55,17 @@ class AppState:
     queues: Queues = field(init=False)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
+    #: Full-text / vector search over in-memory indexes of decrypted records.
+    search: SearchService = field(init=False)
+    #: ekoDB-style live change feeds (SSE and WebSocket ``Subscribe``), per process.
+    realtime: Realtime = field(init=False)
 
     def __post_init__(self) -> None:
         self.bus = DataBus(self.storage, self.keyring, self.changes)
         self.datastore = DataStore(self.storage, self.keyring, self.audit, self.changes)
         self.queues = Queues(self.storage, self.keyring)
+        self.search = SearchService(self.datastore)
+        self.realtime = Realtime(self.changes, self.datastore)
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)

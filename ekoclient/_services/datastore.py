@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import json
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import Any, overload
 
 from pydantic import BaseModel, TypeAdapter
 
 from .._call import Call, json_call, parse_none, segment
+from .._changes import AsyncChangeStream, ChangeStream
+from .._executor import AsyncExecutor, SyncExecutor
 from .._filters import Filter, filter_wire
 from .._http import Response
 from .._paging import Pager, paged
 from .._service import E, Service, endpoint
 from ..errors import InvalidArgumentError
-from ..models import BatchResult
+from ..models import BatchResult, SearchHit
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -221,6 +224,82 @@ def _batch_delete(
                      _batch, body)
 
 
+_METRICS = {"cosine": "cosine", "euclidean": "euclidean", "dot": "dotproduct",
+            "dotproduct": "dotproduct"}
+
+
+def _hits(response: Response) -> list[SearchHit]:
+    data = response.json()
+    return [SearchHit.model_validate(hit) for hit in data["results"]]
+
+
+def _search(
+    collection: str,
+    query: str | None = None,
+    *,
+    fields: Iterable[str] | None = None,
+    fuzzy: bool = False,
+    limit: int = 10,
+    vector: Sequence[float] | None = None,
+    vector_field: str | None = None,
+    metric: str = "cosine",
+    text_weight: float | None = None,
+    vector_weight: float | None = None,
+    filter: FilterArg = None,
+    weights: Mapping[str, float] | None = None,
+    min_score: float | None = None,
+    language: str | None = None,
+    vector_k: int | None = None,
+    select_fields: Iterable[str] | None = None,
+    exclude_fields: Iterable[str] | None = None,
+) -> Call[list[SearchHit]]:
+    """Full-text (``query``), vector (``vector``) or hybrid search, best hits first.
+
+    ``fields`` limits the text search, ``weights`` boosts fields, ``fuzzy`` tolerates typos;
+    ``metric`` is cosine, euclidean or dot; ``text_weight`` / ``vector_weight`` mix a hybrid
+    score. Fields the key may not read are never matched, scored or returned.
+    """
+    if query is None and vector is None:
+        raise InvalidArgumentError("search needs a query, a vector, or both")
+    if metric not in _METRICS:
+        raise InvalidArgumentError(f"metric must be cosine, euclidean or dot, got {metric!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
+    body: dict[str, Any] = {
+        "query": query or "",
+        "fields": _fields(fields, "fields"),
+        "fuzzy": fuzzy or None,
+        "limit": limit,
+        "vector": None if vector is None else [float(x) for x in vector],
+        "vector_field": vector_field,
+        "vector_metric": _METRICS[metric] if vector is not None else None,
+        "vector_k": vector_k,
+        "text_weight": text_weight,
+        "vector_weight": vector_weight,
+        "filters": filter_wire(filter),
+        "weights": dict(weights) if weights is not None else None,
+        "min_score": min_score,
+        "language": language,
+        "select_fields": _fields(select_fields, "select_fields"),
+        "exclude_fields": _fields(exclude_fields, "exclude_fields"),
+    }
+    return json_call("POST", f"/api/search/{segment(collection, 'collection')}", _hits,
+                     {k: v for k, v in body.items() if v is not None}, read_only=True)
+
+
+def _changes(collection: str, filter_field: str | None, filter_value: Any,
+             wrap: type[ChangeStream] | type[AsyncChangeStream]) -> Call[Any]:
+    if (filter_field is None) != (filter_value is None):
+        raise InvalidArgumentError("give filter_field and filter_value together")
+    params: dict[str, str] = {}
+    if filter_field is not None:
+        params = {"filter_field": filter_field,
+                  "filter_value": filter_value if isinstance(filter_value, str)
+                  else json.dumps(filter_value, separators=(",", ":"))}
+    return Call("GET", f"/api/subscribe/{segment(collection, 'collection')}", wrap,
+                params=params or None, headers={"Accept": "text/event-stream"}, stream=True)
+
+
 class DataStore(Service[E]):
     """Collections of JSON records, with the calling key's field rules applied by the service."""
 
@@ -238,3 +317,24 @@ class DataStore(Service[E]):
     batch_insert = endpoint(_batch_insert)
     batch_update = endpoint(_batch_update)
     batch_delete = endpoint(_batch_delete)
+    search = endpoint(_search)
+
+    @overload
+    def changes(self: DataStore[SyncExecutor], collection: str, *,
+                filter_field: str | None = None, filter_value: Any = None) -> ChangeStream: ...
+    @overload
+    def changes(self: DataStore[AsyncExecutor], collection: str, *,
+                filter_field: str | None = None, filter_value: Any = None
+                ) -> Awaitable[AsyncChangeStream]: ...
+
+    def changes(self, collection: str, *, filter_field: str | None = None,
+                filter_value: Any = None) -> Any:
+        """Live changes of a collection (ekoDB's SSE feed), as the key may see them.
+
+        Iterate the stream (``for note in ...`` / ``async for`` after ``await``) to get
+        :class:`~ekoclient.models.MutationNotification` objects; close it (``with``) when
+        done. Best-effort and live only: use the DataBus for changes you must not miss.
+        """
+        wrap = AsyncChangeStream if self._executor.is_async else ChangeStream
+        return self._executor.execute(_changes(collection, filter_field, filter_value, wrap),
+                                      self._credential)

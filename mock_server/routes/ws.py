@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from mock_server.auth import Principal
 from mock_server.databus import validate_name
 from mock_server.errors import ApiError
+from mock_server.routes.ws_ekodb import EkoDBFeeds
 from mock_server.state import AppState
 
 router = APIRouter()
@@ -60,6 +61,8 @@ class _Session:
         self.send_lock = asyncio.Lock()
         self.last_sent = time.monotonic()
         self.closed = False
+        # ekoDB's Subscribe / MutationNotification messages (routes/ws_ekodb.py)
+        self.ekodb = EkoDBFeeds(state.realtime, self.send, lambda: self.principal)
 
     async def send(self, message: dict[str, Any]) -> None:
         text = json.dumps(message, separators=(",", ":"))
@@ -95,6 +98,10 @@ class _Session:
                 frame = json.loads(text if text is not None else (data or b"").decode())
             except (ValueError, UnicodeDecodeError):
                 await self.error("bad_request", "frame is not JSON")
+                continue
+            if isinstance(frame, dict) and "op" not in frame and isinstance(frame.get("type"),
+                                                                            str):
+                await self.ekodb.handle(frame)
                 continue
             if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
                 await self.error("bad_request", 'frame must be an object with a string "op"')
@@ -236,5 +243,6 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
         remove()
+        await session.ekodb.close()
         await session.release()
         await session.close(1000, "bye")

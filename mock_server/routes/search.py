@@ -1,0 +1,141 @@
+"""Search and ekoDB change-feed routes. Thin: the rules live in :mod:`mock_server.search`
+and :mod:`mock_server.realtime`.
+
+| method | path | level | body → answer |
+|---|---|---|---|
+| POST | ``/api/search/{c}`` | read | ekoDB ``SearchQuery`` → ``{"results", "total",
+"execution_time_ms"}`` |
+| GET | ``/api/subscribe/{c}?filter_field&filter_value`` | read | → ``text/event-stream``:
+``subscribed``, then one ``mutation`` event per ekoDB ``MutationNotification`` |
+
+The SSE stream sends a ``: keepalive`` comment every HEARTBEAT s, re-checks the token every
+AUTH_RECHECK s (revoked, expired or narrowed keys end the stream with an ``error`` event),
+and ends with ``error`` ``overflow`` if the consumer falls too far behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from mock_server.errors import ApiError
+from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.permissions import PermissionDenied
+from mock_server.realtime import Feed, notifications
+from mock_server.routes.deps import CurrentPrincipal, State
+
+router = APIRouter(tags=["search"])
+
+HEARTBEAT = 5.0
+AUTH_RECHECK = 1.0
+
+
+class _SearchDoc(BaseModel):
+    """Documentation only: the domain parses the body and names every problem."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str | None = None
+    fields: list[str] | str | None = None
+    weights: dict[str, float] | str | None = None
+    language: str | None = None
+    case_sensitive: bool | None = None
+    fuzzy: bool | None = None
+    max_edit_distance: int | None = None
+    enable_stemming: bool | None = None
+    boost_exact: bool | None = None
+    min_score: float | None = None
+    limit: int | None = None
+    vector: list[float] | None = None
+    vector_field: str | None = None
+    vector_metric: str | None = None
+    vector_k: int | None = None
+    vector_threshold: float | None = None
+    text_weight: float | None = None
+    vector_weight: float | None = None
+    select_fields: list[str] | None = None
+    exclude_fields: list[str] | None = None
+    filters: dict[str, Any] | None = None
+    bypass_cache: bool | None = None
+    bypass_ripple: bool | None = None
+
+
+@router.post("/api/search/{collection}", openapi_extra=openapi_body(_SearchDoc))
+async def search(collection: str, request: Request, principal: CurrentPrincipal,
+                 state: State) -> dict[str, Any]:
+    check_content_type(request.headers.get("content-type"))
+    body = parse_json_bytes(await request.body(),
+                            max_depth=request.app.state.ekodb.config.max_json_depth)
+    return await run_in_threadpool(state.search.search, principal, collection, body)
+
+
+def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+FilterParam = Annotated[str | None, Query(max_length=1024)]
+
+
+@router.get("/api/subscribe/{collection}", response_model=None)
+async def subscribe(collection: str, request: Request, principal: CurrentPrincipal,
+                    state: State, filter_field: FilterParam = None,
+                    filter_value: FilterParam = None) -> StreamingResponse:
+    loop = asyncio.get_running_loop()
+    feed = await run_in_threadpool(lambda: state.realtime.open(
+        principal, collection, filter_field, filter_value, loop=loop))
+    authorization = request.headers.get("authorization")
+    ip = state.client_ip_of(request.scope)
+
+    async def stream() -> AsyncIterator[bytes]:
+        scope, seq = principal.scope, 0
+        last_auth = last_sent = time.monotonic()
+        try:
+            yield _sse("subscribed", feed.describe())
+            while True:
+                changes = await feed.next(min(HEARTBEAT, AUTH_RECHECK))
+                now = time.monotonic()
+                if now - last_auth >= AUTH_RECHECK:
+                    last_auth = now
+                    try:
+                        scope = (await run_in_threadpool(
+                            state.authenticator.principal, authorization, ip)).scope
+                    except ApiError as exc:
+                        yield _sse("error", {"code": exc.code, "message": exc.message})
+                        return
+                if feed.overflowed:
+                    yield _sse("error", _overflow(feed))
+                    return
+                if changes is None:
+                    if now - last_sent >= HEARTBEAT:
+                        last_sent = now
+                        yield b": keepalive\n\n"
+                    continue
+                try:
+                    payloads = notifications(scope, feed, changes)
+                except PermissionDenied as exc:
+                    yield _sse("error", {"code": "forbidden", "message": str(exc)})
+                    return
+                for payload in payloads:
+                    seq += 1
+                    last_sent = now
+                    yield _sse("mutation", payload, seq)
+        finally:
+            state.realtime.close(feed)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _overflow(feed: Feed) -> dict[str, str]:
+    return {"code": "overflow",
+            "message": f"this subscriber fell more than the server's buffer behind on "
+                       f"{feed.collection!r}; notifications were dropped. Resubscribe and "
+                       "resynchronise with find (the DataBus is the durable feed)"}
