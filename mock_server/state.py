@@ -22,6 +22,7 @@ from mock_server.queues import Queues
 from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, SqliteTatStore
 from mock_server.storage import Storage
 from mock_server.tokens import TokenService
+from mock_server.transactions import Transactions
 
 
 @dataclass
@@ -51,6 +52,8 @@ class AppState:
     datastore: DataStore = field(init=False)
     #: Queue and DedupQueue messages (mock_server.queues).
     queues: Queues = field(init=False)
+    #: Client transactions over the DataStore (mock_server.transactions).
+    transactions: Transactions = field(init=False)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
 
@@ -58,6 +61,8 @@ class AppState:
         self.bus = DataBus(self.storage, self.keyring, self.changes)
         self.datastore = DataStore(self.storage, self.keyring, self.audit, self.changes)
         self.queues = Queues(self.storage, self.keyring)
+        self.transactions = Transactions(self.storage, self.keyring, self.datastore,
+                                         ttl=self.config.transaction_ttl)
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)
