@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -14,6 +14,9 @@ from .._paging import Pager, paged
 from .._service import E, Service, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult
+
+if TYPE_CHECKING:
+    from .transaction import Transaction
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -72,9 +75,28 @@ def _sort(sort: SortArg) -> list[dict[str, Any]] | None:
     return out
 
 
-def _create_collection(name: str) -> Call[None]:
-    """Create a collection (needs admin on it, or an admin key)."""
-    return json_call("POST", f"/api/collections/{segment(name, 'collection')}", parse_none)
+def _create_collection(name: str, schema: Mapping[str, Any] | None = None) -> Call[None]:
+    """Create a collection (needs admin on it, or an admin key), with an ekoDB schema
+    (``{"fields": {name: {"field_type", "required", "unique", ...}}}``) when given."""
+    if schema is not None and not isinstance(schema, Mapping):
+        raise InvalidArgumentError("schema is a mapping like {'fields': {...}}")
+    return json_call("POST", f"/api/collections/{segment(name, 'collection')}", parse_none,
+                     dict(schema) if schema is not None else None)
+
+
+def _get_schema(name: str) -> Call[dict[str, Any]]:
+    """The collection's schema in ekoDB's shape (``{"fields": {...}, "version", ...}``)."""
+    return json_call("GET", f"/api/schemas/{segment(name, 'collection')}", _record)
+
+
+def _update_schema(name: str, constraints: Mapping[str, Mapping[str, Any]]
+                   ) -> Call[dict[str, Any]]:
+    """Change some fields' constraints (``{"age": {"min": 0}}``; ``None`` removes one);
+    stored records must already satisfy them. Returns the new schema."""
+    if not isinstance(constraints, Mapping):
+        raise InvalidArgumentError("constraints map field names to {attribute: value}")
+    return json_call("PUT", f"/api/schemas/{segment(name, 'collection')}", _record,
+                     {"constraints": {k: dict(v) for k, v in constraints.items()}})
 
 
 def _drop_collection(name: str) -> Call[None]:
@@ -238,3 +260,12 @@ class DataStore(Service[E]):
     batch_insert = endpoint(_batch_insert)
     batch_update = endpoint(_batch_update)
     batch_delete = endpoint(_batch_delete)
+    get_schema = endpoint(_get_schema)
+    update_schema = endpoint(_update_schema)
+
+    def transaction(self, isolation_level: str | None = None) -> Transaction[E]:
+        """A transaction: ``with ds.transaction() as tx:`` (``async with`` when async)
+        begins it, commits when the block ends and rolls back if it raises."""
+        from .transaction import Transaction
+
+        return Transaction(self._executor, self._credential, isolation_level)
