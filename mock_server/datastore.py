@@ -677,8 +677,13 @@ class DataStore:
                 if err is not None:
                     failed.append({"index": i, "code": err.code, "message": err.message})
                     continue
-                ok.append(self._put_new(tx, name, cidx, item["data"], caller,
-                                        "record.batch_insert")["id"])
+                try:
+                    ok.append(self._put_new(tx, name, cidx, item["data"], caller,
+                                            "record.batch_insert")["id"])
+                except ApiError as exc:  # the schema refused it (nothing written)
+                    if exc.status != 400:
+                        raise
+                    failed.append({"index": i, "code": exc.code, "message": exc.message})
         return self._result(ok, failed)
 
     def batch_update(self, caller: Caller, collection: object, body: object) -> dict[str, Any]:
@@ -698,8 +703,14 @@ class DataStore:
                     assert err is not None
                     failed.append({"id": rid, "code": err.code, "message": err.message})
                     continue
-                self._put_update(tx, name, cidx, rid, current, data, caller,
-                                 "record.batch_update")
+                try:
+                    self._put_update(tx, name, cidx, rid, current, data, caller,
+                                     "record.batch_update")
+                except ApiError as exc:  # the schema refused it (nothing written)
+                    if exc.status != 400:
+                        raise
+                    failed.append({"id": rid, "code": exc.code, "message": exc.message})
+                    continue
                 ok.append(rid)
         return self._result(ok, failed)
 

@@ -268,7 +268,8 @@ def parse_schema(raw: object) -> Schema:
     if unknown:
         raise _bad(f"unknown key {_show(unknown[0])} in the schema; allowed keys are "
                    f"{', '.join(_SCHEMA_KEYS)}", "validation_error")
-    fields = raw.get("fields") or {}
+    fields = raw.get("fields")
+    fields = {} if fields is None else fields
     if not isinstance(fields, dict) or len(fields) > MAX_FIELDS:
         raise _bad(f"fields must be an object of at most {MAX_FIELDS} field schemas",
                    "validation_error")
