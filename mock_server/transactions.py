@@ -94,7 +94,7 @@ ISOLATION_LEVELS: Final = {
     "serializable": "Serializable",
 }
 DEFAULT_ISOLATION: Final = "ReadCommitted"
-MAX_ACTIVE_PER_KEY: Final = 64
+MAX_ACTIVE_PER_KEY: Final = 1000
 MAX_WRITES: Final = 10_000
 MAX_SAVEPOINTS: Final = 64
 TOMBSTONE_SECONDS: Final = 3600.0
