@@ -14,13 +14,15 @@ write path (so audit records and DataBus events happen at commit, once), or refu
 
 Isolation levels (ekoDB's names): ``ReadCommitted`` (default; ``ReadUncommitted`` behaves
 the same, since no transaction ever sees another's staged writes) fails a commit when a
-record it *wrote* changed since it first touched it. ``RepeatableRead`` also fails for
-records it *read*, and a re-read of such a record fails at once (409) rather than return
-another version. ``Serializable`` also fails when a collection it queried (find, delete by
-filter) changed in any way. Each operation is atomic (a failing operation stages nothing);
-a commit is all or nothing. A transaction belongs to the key that began it (404 for any
-other key), expires after ``ttl`` seconds without an operation (its staged writes are
-purged), and its outcome is kept as a tombstone so a repeated commit answers the same.
+record it *wrote* changed since it first touched it. ``RepeatableRead`` and
+``Serializable`` also fail for records it *read* and when a collection it *queried* (find,
+delete by filter, a unique check) changed in any way; under them a re-read that would see
+another version fails at once (409) instead. (Queries are validated per collection, not per
+predicate: coarse, but never lets a phantom through.) Each operation is atomic (a failing
+operation stages nothing); a commit is all or nothing. A transaction belongs to the key
+that began it (404 for any other key), expires after ``ttl`` seconds without an operation
+(its staged writes are purged), and its outcome is kept as a tombstone so a repeated commit
+answers the same.
 """
 
 from __future__ import annotations
@@ -122,10 +124,11 @@ def _not_found() -> ApiError:
 def _canon_isolation(raw: object) -> str:
     if raw is None:
         return DEFAULT_ISOLATION
-    if not isinstance(raw, str) or raw.replace("_", "").lower() not in ISOLATION_LEVELS:
+    key = raw.replace("_", "").replace(" ", "").lower() if isinstance(raw, str) else None
+    if key not in ISOLATION_LEVELS:
         raise ApiError(400, "validation_error",
                        f"isolation_level must be one of {', '.join(ISOLATION_LEVELS.values())}")
-    return ISOLATION_LEVELS[raw.replace("_", "").lower()]
+    return ISOLATION_LEVELS[key]
 
 
 @dataclass
@@ -334,10 +337,10 @@ class Transactions:
                          "VALUES (?,?,?,?,?)",
                          (row.tidx, cidx, row.seq, digest,
                           self._seal(row, "scan", cidx.hex(), {"c": collection})))
-        elif row.isolation == "Serializable" and bytes(got[0]) != digest:
+        elif bytes(got[0]) != digest:
             raise ApiError(409, "transaction_conflict",
-                           f"collection {_show(collection)} changed since this Serializable "
-                           "transaction queried it; roll back and retry the transaction")
+                           f"collection {_show(collection)} changed since this "
+                           f"{row.isolation} transaction queried it; roll back and retry")
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -450,7 +453,7 @@ class Transactions:
             if _version(None if now is None else bytes(now[0])) != bytes(version):
                 doc = self._open(row, "read", bytes(cidx).hex() + bytes(ridx).hex(), sealed)
                 out.append(f"record {_show(doc['id'])} of {_show(doc['c'])}")
-        if row.isolation == "Serializable":
+        if strict:
             for cidx, digest, sealed in conn.execute(
                     "SELECT cidx, digest, sealed FROM ds_tx_scans WHERE tidx = ?",
                     (row.tidx,)).fetchall():

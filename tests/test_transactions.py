@@ -201,3 +201,4 @@ async def test_async_with_commits_and_rolls_back(async_admin: AsyncClient, admin
         await tx3.delete(coll, rec["id"])
         assert await tx3.find(coll) == []
     assert await async_admin.datastore.find(coll) == []
+

@@ -149,6 +149,12 @@ def test_repeatable_read_and_serializable(t: Tx) -> None:
     assert t.get(rid, rc).json()["n"] == 2
     t.update(rid, {"n": 3})
     assert t.commit(rc).status_code == 200
+    rr2 = t.begin(isolation_level="Repeatable_Read")
+    assert len(t.find({"transaction_id": rr2})) == 1
+    t.insert({"n": 50})  # changes what that query saw
+    assert_error(t.commit(rr2), 409, "transaction_conflict")
+    t.http.request("DELETE", f"/api/batch/delete/{t.c}", headers=t.h, json={"filter": {
+        "type": "Condition", "content": {"field": "n", "operator": "Eq", "value": 50}}})
     ser = t.begin(isolation_level="serializable")
     assert len(t.find({"transaction_id": ser})) == 1
     t.insert({"n": 99}, None)  # a phantom for the query above
@@ -235,3 +241,18 @@ def test_concurrent_unique_inserts_keep_one(api: Api, ekodb_server: ServerInfo) 
     assert sorted(codes) == [200] + [400] * 7
     found = api.http.post(f"/api/find/{name}", json={}, headers=admin_h).json()
     assert [r["sku"] for r in found] == ["A-1"]
+
+
+def test_rights_are_checked_again_at_commit(api: Api, t: Tx) -> None:
+    key = api.create_key("narrowed", collection_permissions={t.c: ["read", "write"]})
+    mine = Tx(api, api.headers(key["api_key"]), t.c)
+    tx = mine.begin()
+    assert mine.insert({"n": 1}, tx).status_code == 200
+    r = api.http.put(f"/api/auth/keys/{key['key_id']}", json={"read_only": True},
+                     headers=api.admin)
+    assert r.status_code == 200, r.text
+    mine.h = api.headers(key["api_key"])  # the change revoked its tokens: take a new one
+    assert_error(mine.commit(tx), 403)
+    assert t.find() == []
+    status = mine.http.get(f"/api/transactions/{tx}", headers=mine.h).json()["status"]
+    assert status == "aborted"
