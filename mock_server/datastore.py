@@ -26,6 +26,11 @@ Decisions worth knowing:
   right are checked for the whole request; each item's content (system or forbidden fields,
   unknown id) fails that item only. A batch is one transaction.
 - Dropping a collection publishes no per-record change events (only an audit record).
+- Client transactions (:mod:`mock_server.transactions`) run these same methods with
+  :data:`OVERLAY` set: the row primitives (``_load``, ``_scan``, ``_put_*``, ``_remove``)
+  then read and stage through the transaction, so every check above applies inside it.
+- A collection's schema (:mod:`mock_server.schemas`) is applied in ``_put_new`` and
+  ``_put_update``, so every write path (single, batch, transaction commit) honours it.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ register_schema(
         savepoints TEXT NOT NULL DEFAULT '[]'
     );
     CREATE INDEX IF NOT EXISTS ds_transactions_owner ON ds_transactions(owner, state);
+    CREATE INDEX IF NOT EXISTS ds_transactions_age ON ds_transactions(state, touched);
     CREATE TABLE IF NOT EXISTS ds_tx_writes (
         tidx BLOB NOT NULL,
         seq INTEGER NOT NULL,
@@ -325,7 +326,8 @@ class Transactions:
                 conn.execute(f"DELETE FROM {table} WHERE tidx = ?", (tidx,))  # noqa: S608
             conn.execute("UPDATE ds_transactions SET state = 'expired', touched = ? "
                          "WHERE tidx = ?", (now, tidx))
-        conn.execute("DELETE FROM ds_transactions WHERE state != 'active' AND touched < ?",
+        conn.execute("DELETE FROM ds_transactions WHERE state IN ('committed', 'rolled_back', "
+                     "'aborted', 'expired') AND touched < ?",
                      (now - max(self.ttl, TOMBSTONE_SECONDS),))
 
     def _remember_scan(self, conn: sqlite3.Connection, row: _Row, collection: str,

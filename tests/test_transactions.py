@@ -179,9 +179,9 @@ def test_transaction_id_needs_a_begin(admin: Client) -> None:
     tx = admin.datastore.transaction()
     with pytest.raises(InvalidArgumentError):
         tx.insert("whatever", {"a": 1})
-    with pytest.raises(ValidationError):
-        with admin.datastore.transaction(isolation_level="Chaotic"):
-            pass
+    chaotic = admin.datastore.transaction(isolation_level="Chaotic")
+    with pytest.raises(ValidationError), chaotic:
+        pass
 
 
 async def test_async_with_commits_and_rolls_back(async_admin: AsyncClient, admin: Client,
