@@ -126,3 +126,4 @@ def test_schema_permissions(admin: Client, people: str) -> None:
         view.datastore.get_schema("someone_elses")
     with pytest.raises(NotFoundError):
         admin.datastore.get_schema(f"missing_{uuid.uuid4().hex[:6]}")
+

@@ -10,6 +10,7 @@ and :mod:`mock_server.datastore`.
 | POST | ``/api/transactions/{tx}/savepoints`` | ``{"name"}`` → ``{"transaction_id", "savepoint"}`` |
 | POST | ``/api/transactions/{tx}/savepoints/{name}/rollback`` | → ``{..., "status": "rolled_back_to"}`` |
 | DELETE | ``/api/transactions/{tx}/savepoints/{name}`` | → ``{..., "released": name}`` |
+| GET | ``/api/collections/{c}`` | → ekoDB's collection metadata ``{"collection": schema, "analytics": {}}`` |
 | GET | ``/api/schemas/{c}`` | → ekoDB schema ``{"fields", "version", ...}`` (read) |
 | PUT | ``/api/schemas/{c}`` | ``{"constraints": {field: {attr: value}}}`` → the new schema (admin) |
 
@@ -87,6 +88,13 @@ def rollback_to(transaction_id: str, name: str, principal: CurrentPrincipal,
 def release(transaction_id: str, name: str, principal: CurrentPrincipal,
             state: State) -> dict[str, Any]:
     return state.transactions.release(principal, transaction_id, name)
+
+
+@router.get("/api/collections/{collection}")
+def get_collection(collection: str, principal: CurrentPrincipal,
+                   state: State) -> dict[str, Any]:
+    # ekoDB's client reads a schema here too (CollectionMetadata); no analytics are kept
+    return {"collection": state.datastore.get_schema(principal, collection), "analytics": {}}
 
 
 @router.get("/api/schemas/{collection}")

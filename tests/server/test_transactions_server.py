@@ -256,3 +256,17 @@ def test_rights_are_checked_again_at_commit(api: Api, t: Tx) -> None:
     assert t.find() == []
     status = mine.http.get(f"/api/transactions/{tx}", headers=mine.h).json()["status"]
     assert status == "aborted"
+
+
+def test_schema_routes_in_ekodbs_shapes(api: Api) -> None:
+    admin_h = api.admin
+    name = _collection(api, admin_h, {"fields": {"n": {"field_type": "integer"}},
+                                      "version": 1, "bypass_ripple": True})
+    schema = api.http.get(f"/api/schemas/{name}", headers=admin_h).json()
+    meta = api.http.get(f"/api/collections/{name}", headers=admin_h).json()
+    assert meta == {"collection": schema, "analytics": {}}
+    r = api.http.put(f"/api/schemas/{name}", headers=admin_h,
+                     json={"constraints": {"n": {"min": 0}}})
+    assert r.status_code == 200 and r.json()["fields"]["n"]["min"] == 0
+    assert_error(api.http.put(f"/api/schemas/{name}", headers=admin_h,
+                              json={"fields": {}}), 400, "validation_error")
