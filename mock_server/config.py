@@ -65,6 +65,8 @@ class ServerConfig:
     #: Admin keys have no tier limit unless this is set (an explicit per-key limit applies).
     rate_limit_admin_keys: bool = False
     issuer: str = "ekodb-reference"
+    #: Seconds a client transaction may sit without an operation before it expires.
+    transaction_ttl: float = 300.0
     #: Threads for blocking work (SQLite, crypto) per process; anyio's default is 40.
     worker_threads: int = 40
 

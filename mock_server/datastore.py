@@ -26,10 +26,16 @@ Decisions worth knowing:
   right are checked for the whole request; each item's content (system or forbidden fields,
   unknown id) fails that item only. A batch is one transaction.
 - Dropping a collection publishes no per-record change events (only an audit record).
+- Client transactions (:mod:`mock_server.transactions`) run these same methods with
+  :data:`OVERLAY` set: the row primitives (``_load``, ``_scan``, ``_put_*``, ``_remove``)
+  then read and stage through the transaction, so every check above applies inside it.
+- A collection's schema (:mod:`mock_server.schemas`) is applied in ``_put_new`` and
+  ``_put_update``, so every write path (single, batch, transaction commit) honours it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import json
 import logging
@@ -62,9 +68,17 @@ from mock_server.query import (
     run_query,
     validate_field_path,
 )
+from mock_server.schemas import (
+    Schema,
+    SchemaStore,
+    check_existing,
+    check_unique,
+    parse_constraints,
+    parse_schema,
+)
 from mock_server.storage import Storage, register_schema
 
-__all__ = ["MAX_BATCH", "Caller", "DataStore", "merge_changes"]
+__all__ = ["MAX_BATCH", "OVERLAY", "Caller", "DataStore", "Overlay", "merge_changes"]
 
 log = logging.getLogger("mock_server.datastore")
 
@@ -109,6 +123,29 @@ class Caller(Protocol):
 
     @property
     def scope(self) -> Scope: ...
+
+
+class Overlay(Protocol):
+    """Where record reads and writes go while a client transaction runs an operation.
+
+    Set in :data:`OVERLAY` by :mod:`mock_server.transactions` around one operation; every
+    DataStore method then reads the transaction's own writes over the committed records and
+    stages its writes instead of storing them (no audit, no change event until commit).
+    """
+
+    def load(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+             record_id: str) -> dict[str, Any] | None: ...
+
+    def scan(self, conn: sqlite3.Connection, collection: str,
+             cidx: bytes) -> Iterator[dict[str, Any]]: ...
+
+    def stage(self, conn: sqlite3.Connection, collection: str, cidx: bytes, record_id: str,
+              record: Mapping[str, Any] | None, changes: Mapping[str, Any] | None) -> None: ...
+
+
+#: The client transaction the current operation runs in (None: write for real).
+OVERLAY: contextvars.ContextVar[Overlay | None] = contextvars.ContextVar(
+    "ekodb_tx_overlay", default=None)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -253,6 +290,7 @@ class DataStore:
         self._changes = changes
         self._max_batch = max_batch
         self._clock = clock
+        self._schemas = SchemaStore(keyring)
 
     # ---------------------------------------------------------------- crypto & rows
 
@@ -303,6 +341,8 @@ class DataStore:
         """One record by id through the blind index (never a scan); None if absent."""
         if not isinstance(record_id, str) or not 1 <= len(record_id) <= MAX_ID_LENGTH:
             return None
+        if (overlay := OVERLAY.get()) is not None:
+            return overlay.load(conn, collection, cidx, record_id)
         row = conn.execute("SELECT data FROM ds_records WHERE cidx = ? AND ridx = ?",
                            (cidx, self._ridx(collection, record_id))).fetchone()
         return None if row is None else self._open(collection, record_id, row[0])
@@ -310,6 +350,9 @@ class DataStore:
     def _scan(self, conn: sqlite3.Connection, collection: str,
               cidx: bytes) -> Iterator[dict[str, Any]]:
         """Every record of a collection, in insertion order."""
+        if (overlay := OVERLAY.get()) is not None:
+            yield from overlay.scan(conn, collection, cidx)
+            return
         rows = conn.execute(
             "SELECT ridx, rid, data FROM ds_records WHERE cidx = ? ORDER BY seq", (cidx,)
         ).fetchall()
@@ -317,10 +360,15 @@ class DataStore:
             yield self._open(collection, self._open_id(collection, ridx, rid), data)
 
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
-                 caller: Caller, operation: str) -> dict[str, Any]:
-        record_id = secrets.token_urlsafe(ID_BYTES)
+                 caller: Caller, operation: str, *,
+                 record_id: str | None = None) -> dict[str, Any]:
+        record_id = record_id or secrets.token_urlsafe(ID_BYTES)
         ridx = self._ridx(collection, record_id)
         stored = {"id": record_id, **copy.deepcopy(dict(record))}
+        stored = self._conform(tx.conn, collection, cidx, stored, new=True)
+        if (overlay := OVERLAY.get()) is not None:
+            overlay.stage(tx.conn, collection, cidx, record_id, stored, record)
+            return stored
         sealed_id = self._keyring.encrypt(_SERVICE, collection, record_id.encode(),
                                           aad("record-id", collection, ridx.hex()))
         tx.conn.execute("INSERT INTO ds_records(cidx, ridx, rid, data) VALUES (?,?,?,?)",
@@ -331,8 +379,14 @@ class DataStore:
 
     def _put_update(self, tx: _Tx, collection: str, cidx: bytes, record_id: str,
                     current: Mapping[str, Any], changes: Mapping[str, Any], caller: Caller,
-                    operation: str) -> dict[str, Any]:
-        updated = merge_changes(current, changes)
+                    operation: str, *, whole: bool = False) -> dict[str, Any]:
+        """Merge ``changes`` into ``current`` (``whole``: they are the new record)."""
+        updated = ({"id": record_id, **copy.deepcopy(dict(changes))} if whole
+                   else merge_changes(current, changes))
+        updated = self._conform(tx.conn, collection, cidx, updated, new=False)
+        if (overlay := OVERLAY.get()) is not None:
+            overlay.stage(tx.conn, collection, cidx, record_id, updated, changes)
+            return updated
         tx.conn.execute("UPDATE ds_records SET data = ? WHERE cidx = ? AND ridx = ?",
                         (self._seal(collection, record_id, updated), cidx,
                          self._ridx(collection, record_id)))
@@ -342,6 +396,9 @@ class DataStore:
 
     def _remove(self, tx: _Tx, collection: str, cidx: bytes, record_id: str, caller: Caller,
                 operation: str) -> None:
+        if (overlay := OVERLAY.get()) is not None:
+            overlay.stage(tx.conn, collection, cidx, record_id, None, None)
+            return
         tx.conn.execute("DELETE FROM ds_records WHERE cidx = ? AND ridx = ?",
                         (cidx, self._ridx(collection, record_id)))
         self._record(tx, caller, operation, collection, record_id, "delete", None)
@@ -356,6 +413,17 @@ class DataStore:
         tx.changes.append(Change(collection, record_id, change,
                                  copy.deepcopy(dict(content)) if content is not None else None,
                                  caller.key_id, self._clock()))
+
+    def _conform(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+                 record: dict[str, Any], *, new: bool) -> dict[str, Any]:
+        """The record as the collection's schema makes it (defaults), or 400 naming a field."""
+        schema = self._schemas.get(conn, collection, cidx)
+        if schema is None:
+            return record
+        record = schema.conform(record, new=new)
+        if schema.unique_fields():
+            check_unique(schema, record, self._scan(conn, collection, cidx))
+        return record
 
     @contextmanager
     def _writing(self) -> Iterator[_Tx]:
@@ -402,11 +470,13 @@ class DataStore:
 
     # ---------------------------------------------------------------- collections
 
-    def create_collection(self, caller: Caller, name: object) -> str:
+    def create_collection(self, caller: Caller, name: object, schema: object = None) -> str:
+        """Create a collection, with an ekoDB schema (``{"fields": ...}``) when given."""
         collection = _check_collection(name)
         if not caller.scope.allows(collection, Level.ADMIN):
             raise forbidden(f"creating collection {_show(collection)} needs the admin level "
                             "on it (or an admin key)")
+        parsed = parse_schema(schema) if schema is not None else None
         cidx = self._cidx(collection)
         sealed = self._keyring.encrypt(_SERVICE, "", collection.encode(),
                                        aad("collection", cidx.hex()))
@@ -418,6 +488,8 @@ class DataStore:
             except sqlite3.IntegrityError:
                 raise ApiError(409, "collection_exists",
                                f"collection {_show(collection)} already exists") from None
+            if parsed is not None:
+                self._schemas.put(tx.conn, collection, cidx, parsed)
             self._audit.record("collection.create", key_id=caller.key_id, label=caller.label,
                                resource=collection)
         return collection
@@ -429,9 +501,32 @@ class DataStore:
             cidx = self._exists(tx.conn, collection)
             tx.conn.execute("DELETE FROM ds_records WHERE cidx = ?", (cidx,))
             tx.conn.execute("DELETE FROM ds_collections WHERE cidx = ?", (cidx,))
+            self._schemas.drop(tx.conn, cidx)
             self._audit.record("collection.drop", key_id=caller.key_id, label=caller.label,
                                resource=collection)
         return collection
+
+    def get_schema(self, caller: Caller, name: object) -> dict[str, Any]:
+        """The collection's schema in ekoDB's shape (no fields when it has none)."""
+        collection = _check_collection(name)
+        self._require(caller, collection, Level.READ)
+        conn = self._storage.conn
+        schema = self._schemas.get(conn, collection, self._exists(conn, collection))
+        return (schema if schema is not None else Schema(version=0)).to_wire()
+
+    def update_schema(self, caller: Caller, name: object, body: object) -> dict[str, Any]:
+        """Apply ``{"constraints": {field: {attr: value}}}``; stored records must satisfy it."""
+        collection = _check_collection(name)
+        self._require(caller, collection, Level.ADMIN)
+        with self._writing() as tx:
+            cidx = self._exists(tx.conn, collection)
+            schema = parse_constraints(body, self._schemas.get(tx.conn, collection, cidx))
+            check_existing(schema, self._scan(tx.conn, collection, cidx))
+            self._schemas.put(tx.conn, collection, cidx, schema)
+            self._audit.record("collection.schema", key_id=caller.key_id, label=caller.label,
+                               resource=collection,
+                               details={"fields": sorted(schema.fields)})
+        return schema.to_wire()
 
     def list_collections(self, caller: Caller) -> list[str]:
         """Names the caller may read, sorted."""
@@ -587,8 +682,13 @@ class DataStore:
                 if err is not None:
                     failed.append({"index": i, "code": err.code, "message": err.message})
                     continue
-                ok.append(self._put_new(tx, name, cidx, item["data"], caller,
-                                        "record.batch_insert")["id"])
+                try:
+                    ok.append(self._put_new(tx, name, cidx, item["data"], caller,
+                                            "record.batch_insert")["id"])
+                except ApiError as exc:  # the schema refused it (nothing written)
+                    if exc.status != 400:
+                        raise
+                    failed.append({"index": i, "code": exc.code, "message": exc.message})
         return self._result(ok, failed)
 
     def batch_update(self, caller: Caller, collection: object, body: object) -> dict[str, Any]:
@@ -608,8 +708,14 @@ class DataStore:
                     assert err is not None
                     failed.append({"id": rid, "code": err.code, "message": err.message})
                     continue
-                self._put_update(tx, name, cidx, rid, current, data, caller,
-                                 "record.batch_update")
+                try:
+                    self._put_update(tx, name, cidx, rid, current, data, caller,
+                                     "record.batch_update")
+                except ApiError as exc:  # the schema refused it (nothing written)
+                    if exc.status != 400:
+                        raise
+                    failed.append({"id": rid, "code": exc.code, "message": exc.message})
+                    continue
                 ok.append(rid)
         return self._result(ok, failed)
 

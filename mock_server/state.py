@@ -24,6 +24,7 @@ from mock_server.realtime import Realtime
 from mock_server.search import SearchService
 from mock_server.storage import Storage
 from mock_server.tokens import TokenService
+from mock_server.transactions import Transactions
 
 
 @dataclass
@@ -53,6 +54,8 @@ class AppState:
     datastore: DataStore = field(init=False)
     #: Queue and DedupQueue messages (mock_server.queues).
     queues: Queues = field(init=False)
+    #: Client transactions over the DataStore (mock_server.transactions).
+    transactions: Transactions = field(init=False)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
     #: Full-text / vector search over in-memory indexes of decrypted records.
@@ -66,6 +69,8 @@ class AppState:
         self.queues = Queues(self.storage, self.keyring)
         self.search = SearchService(self.datastore)
         self.realtime = Realtime(self.changes, self.datastore)
+        self.transactions = Transactions(self.storage, self.keyring, self.datastore,
+                                         ttl=self.config.transaction_ttl)
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -17,6 +17,9 @@ from .._paging import Pager, paged
 from .._service import E, Service, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult, SearchHit
+
+if TYPE_CHECKING:
+    from .transaction import Transaction
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -75,9 +78,28 @@ def _sort(sort: SortArg) -> list[dict[str, Any]] | None:
     return out
 
 
-def _create_collection(name: str) -> Call[None]:
-    """Create a collection (needs admin on it, or an admin key)."""
-    return json_call("POST", f"/api/collections/{segment(name, 'collection')}", parse_none)
+def _create_collection(name: str, schema: Mapping[str, Any] | None = None) -> Call[None]:
+    """Create a collection (needs admin on it, or an admin key), with an ekoDB schema
+    (``{"fields": {name: {"field_type", "required", "unique", ...}}}``) when given."""
+    if schema is not None and not isinstance(schema, Mapping):
+        raise InvalidArgumentError("schema is a mapping like {'fields': {...}}")
+    return json_call("POST", f"/api/collections/{segment(name, 'collection')}", parse_none,
+                     dict(schema) if schema is not None else None)
+
+
+def _get_schema(name: str) -> Call[dict[str, Any]]:
+    """The collection's schema in ekoDB's shape (``{"fields": {...}, "version", ...}``)."""
+    return json_call("GET", f"/api/schemas/{segment(name, 'collection')}", _record)
+
+
+def _update_schema(name: str, constraints: Mapping[str, Mapping[str, Any]]
+                   ) -> Call[dict[str, Any]]:
+    """Change some fields' constraints (``{"age": {"min": 0}}``; ``None`` removes one);
+    stored records must already satisfy them. Returns the new schema."""
+    if not isinstance(constraints, Mapping):
+        raise InvalidArgumentError("constraints map field names to {attribute: value}")
+    return json_call("PUT", f"/api/schemas/{segment(name, 'collection')}", _record,
+                     {"constraints": {k: dict(v) for k, v in constraints.items()}})
 
 
 def _drop_collection(name: str) -> Call[None]:
@@ -338,3 +360,13 @@ class DataStore(Service[E]):
         wrap = AsyncChangeStream if self._executor.is_async else ChangeStream
         return self._executor.execute(_changes(collection, filter_field, filter_value, wrap),
                                       self._credential)
+
+    get_schema = endpoint(_get_schema)
+    update_schema = endpoint(_update_schema)
+
+    def transaction(self, isolation_level: str | None = None) -> Transaction[E]:
+        """A transaction: ``with ds.transaction() as tx:`` (``async with`` when async)
+        begins it, commits when the block ends and rolls back if it raises."""
+        from .transaction import Transaction
+
+        return Transaction(self._executor, self._credential, isolation_level)

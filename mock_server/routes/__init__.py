@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mock_server.routes import audit, auth, blobs, databus, datastore, keys, system, ws
+from mock_server.routes import (
+    audit,
+    auth,
+    blobs,
+    databus,
+    datastore,
+    keys,
+    system,
+    transactions,
+    ws,
+)
 from mock_server.routes import search as search_routes
 from mock_server.routes.queues import dedupq_router, queue_router
 
@@ -18,4 +28,4 @@ ROUTERS: list[APIRouter] = [system.router, auth.router, keys.router, audit.route
                             blobs.router, databus.router, ws.router]
 ROUTERS += [queue_router, dedupq_router]
 ROUTERS += [datastore.router]
-ROUTERS += [search_routes.router]
+ROUTERS += [search_routes.router, transactions.router]

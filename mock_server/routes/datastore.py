@@ -18,6 +18,11 @@ exclude_fields}`` → ``[records]`` |
 ``{"filter"}`` → same |
 
 Routes with a body are ``async`` only to read it; the domain call runs in the threadpool.
+
+Every record route joins a client transaction with ``?transaction_id=`` (and the find and
+batch bodies with a top-level ``"transaction_id"`` field, ``null`` meaning none); the
+operation then runs through :meth:`mock_server.transactions.Transactions.within`.
+``POST /api/collections/{c}`` takes an optional ekoDB schema body (``{"fields": ...}``).
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from mock_server.auth import Principal
 from mock_server.datastore import MAX_BATCH, split_fields
+from mock_server.errors import bad_request
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
 from mock_server.routes.deps import CurrentPrincipal, State
+from mock_server.state import AppState
 
 router = APIRouter(tags=["datastore"])
 
 T = TypeVar("T")
 Fields = Annotated[str | None, Query(max_length=8192)]
+TxId = Annotated[str | None, Query(max_length=128)]
 _RECORD_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
 
@@ -93,15 +102,36 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
     return await run_in_threadpool(fn, *args)
 
 
+def _tx_of(param: str | None, body: Any = None) -> str | None:
+    """The transaction an operation joins: the query parameter or the body's field."""
+    given = body.pop("transaction_id", None) if isinstance(body, dict) else None
+    if given is not None and param is not None and given != param:
+        raise bad_request("transaction_id differs between the query and the body",
+                          "validation_error")
+    if given is not None and not isinstance(given, str):
+        raise bad_request("transaction_id must be a string", "validation_error")
+    return param if param is not None else given
+
+
+def _in(state: AppState, principal: Principal, txid: str | None, fn: Callable[..., T],
+        *args: Any, **kwargs: Any) -> T:
+    """Run a DataStore operation, inside the client transaction when one is named."""
+    if txid is None:
+        return fn(principal, *args, **kwargs)
+    return state.transactions.within(principal, txid, fn, principal, *args, **kwargs)
+
+
 @router.get("/api/collections")
 def list_collections(principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     return {"collections": state.datastore.list_collections(principal)}
 
 
 @router.post("/api/collections/{collection}", response_model=None)
-def create_collection(collection: str, principal: CurrentPrincipal,
-                      state: State) -> dict[str, Any]:
-    return {"collection": state.datastore.create_collection(principal, collection)}
+async def create_collection(collection: str, request: Request, principal: CurrentPrincipal,
+                            state: State) -> dict[str, Any]:
+    schema = await _body(request) if await request.body() else None
+    return {"collection": await _run(state.datastore.create_collection, principal, collection,
+                                     schema)}
 
 
 @router.delete("/api/collections/{collection}", response_model=None)
@@ -112,55 +142,64 @@ def drop_collection(collection: str, principal: CurrentPrincipal,
 
 @router.post("/api/insert/{collection}", openapi_extra=_RECORD_DOC)
 async def insert(collection: str, request: Request, principal: CurrentPrincipal,
-                 state: State) -> dict[str, Any]:
+                 state: State, transaction_id: TxId = None) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(state.datastore.insert, principal, collection, body)
+    return await _run(_in, state, principal, _tx_of(transaction_id), state.datastore.insert,
+                      collection, body)
 
 
 @router.get("/api/find/{collection}/{record_id}")
 def get(collection: str, record_id: str, principal: CurrentPrincipal, state: State,
-        select_fields: Fields = None, exclude_fields: Fields = None) -> dict[str, Any]:
-    return state.datastore.get(principal, collection, record_id,
-                               select_fields=split_fields(select_fields, "select_fields"),
-                               exclude_fields=split_fields(exclude_fields, "exclude_fields"))
+        select_fields: Fields = None, exclude_fields: Fields = None,
+        transaction_id: TxId = None) -> dict[str, Any]:
+    return _in(state, principal, _tx_of(transaction_id), state.datastore.get, collection,
+               record_id, select_fields=split_fields(select_fields, "select_fields"),
+               exclude_fields=split_fields(exclude_fields, "exclude_fields"))
 
 
 @router.post("/api/find/{collection}", openapi_extra=openapi_body(_FindDoc))
 async def find(collection: str, request: Request, principal: CurrentPrincipal,
-               state: State) -> list[dict[str, Any]]:
+               state: State, transaction_id: TxId = None) -> list[dict[str, Any]]:
     body = await _body(request)
-    return await _run(state.datastore.find, principal, collection, body)
+    txid = _tx_of(transaction_id, body)
+    return await _run(_in, state, principal, txid, state.datastore.find, collection, body)
 
 
 @router.put("/api/update/{collection}/{record_id}", openapi_extra=_RECORD_DOC)
 async def update(collection: str, record_id: str, request: Request,
-                 principal: CurrentPrincipal, state: State) -> dict[str, Any]:
+                 principal: CurrentPrincipal, state: State,
+                 transaction_id: TxId = None) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(state.datastore.update, principal, collection, record_id, body)
+    return await _run(_in, state, principal, _tx_of(transaction_id), state.datastore.update,
+                      collection, record_id, body)
 
 
 @router.delete("/api/delete/{collection}/{record_id}", response_model=None)
 def delete(collection: str, record_id: str, principal: CurrentPrincipal,
-           state: State) -> dict[str, Any]:
-    return {"deleted": state.datastore.delete(principal, collection, record_id)}
+           state: State, transaction_id: TxId = None) -> dict[str, Any]:
+    return {"deleted": _in(state, principal, _tx_of(transaction_id), state.datastore.delete,
+                           collection, record_id)}
 
 
 @router.post("/api/batch/insert/{collection}", openapi_extra=openapi_body(_BatchInsertDoc))
 async def batch_insert(collection: str, request: Request, principal: CurrentPrincipal,
-                       state: State) -> dict[str, Any]:
+                       state: State, transaction_id: TxId = None) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(state.datastore.batch_insert, principal, collection, body)
+    txid = _tx_of(transaction_id, body)
+    return await _run(_in, state, principal, txid, state.datastore.batch_insert, collection, body)
 
 
 @router.put("/api/batch/update/{collection}", openapi_extra=openapi_body(_BatchUpdateDoc))
 async def batch_update(collection: str, request: Request, principal: CurrentPrincipal,
-                       state: State) -> dict[str, Any]:
+                       state: State, transaction_id: TxId = None) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(state.datastore.batch_update, principal, collection, body)
+    txid = _tx_of(transaction_id, body)
+    return await _run(_in, state, principal, txid, state.datastore.batch_update, collection, body)
 
 
 @router.delete("/api/batch/delete/{collection}", openapi_extra=openapi_body(_BatchDeleteDoc))
 async def batch_delete(collection: str, request: Request, principal: CurrentPrincipal,
-                       state: State) -> dict[str, Any]:
+                       state: State, transaction_id: TxId = None) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(state.datastore.batch_delete, principal, collection, body)
+    txid = _tx_of(transaction_id, body)
+    return await _run(_in, state, principal, txid, state.datastore.batch_delete, collection, body)

@@ -189,9 +189,12 @@ def _existing(fuzz: Fuzz) -> dict[str, str]:
     record = http.post("/api/insert/fuzz", json={"n": 1, "s": "x"}, headers=h)
     key = http.post("/api/auth/register", json={"label": "fuzz-target"}, headers=h)
     assert record.status_code == 200 and key.status_code == 200, (record.text, key.text)
+    tx = http.post("/api/transactions", json={}, headers=h)  # with a savepoint "fuzz"
+    txid = str(tx.json()["transaction_id"]) if tx.status_code == 200 else "tx_" + "0" * 24
+    http.post(f"/api/transactions/{txid}/savepoints", json={"name": "fuzz"}, headers=h)
     return {"table": "fuzz", "blob_id": "b1", "name": "fuzz", "collection": "fuzz",
             "record_id": str(record.json()["id"]), "key_id": str(key.json()["key_id"]),
-            "from": "fuzz", "to": "fuzz2"}
+            "from": "fuzz", "to": "fuzz2", "transaction_id": txid}
 
 
 def _can_be_invalid(definition: dict[str, Any], fixed: set[str]) -> bool:

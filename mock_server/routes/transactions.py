@@ -1,0 +1,109 @@
+"""Client transaction and schema routes. Thin: the rules live in :mod:`mock_server.transactions`
+and :mod:`mock_server.datastore`.
+
+| method | path | body → answer |
+|---|---|---|
+| POST | ``/api/transactions`` | ``{"isolation_level"?}`` → ``{"transaction_id", "isolation_level", "status", "expires_in"}`` |
+| GET | ``/api/transactions/{tx}`` | → ``{"transaction_id", "status", "isolation_level", "operations", "savepoints", ...}`` |
+| POST | ``/api/transactions/{tx}/commit`` | → ``{"transaction_id", "status": "committed"}`` (409 on conflict) |
+| POST | ``/api/transactions/{tx}/rollback`` | → ``{"transaction_id", "status"}`` |
+| POST | ``/api/transactions/{tx}/savepoints`` | ``{"name"}`` → ``{"transaction_id", "savepoint"}`` |
+| POST | ``/api/transactions/{tx}/savepoints/{name}/rollback`` | → ``{..., "status": "rolled_back_to"}`` |
+| DELETE | ``/api/transactions/{tx}/savepoints/{name}`` | → ``{..., "released": name}`` |
+| GET | ``/api/collections/{c}`` | → ekoDB's collection metadata ``{"collection": schema, "analytics": {}}`` |
+| GET | ``/api/schemas/{c}`` | → ekoDB schema ``{"fields", "version", ...}`` (read) |
+| PUT | ``/api/schemas/{c}`` | ``{"constraints": {field: {attr: value}}}`` → the new schema (admin) |
+
+The first four are ekoDB's routes; ekoDB's clients document no savepoint routes, so those
+are ours. Commit and rollback take no body (ekoDB's client sends none).
+"""  # noqa: E501
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+
+from mock_server.http_json import openapi_body
+from mock_server.routes.datastore import _body, _run
+from mock_server.routes.deps import CurrentPrincipal, State
+
+router = APIRouter(tags=["transactions"])
+
+
+class _BeginDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    isolation_level: str | None = None
+
+
+class _SavepointDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class _ConstraintsDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    constraints: dict[str, dict[str, Any]]
+
+
+@router.post("/api/transactions", openapi_extra={**openapi_body(_BeginDoc), "requestBody": {
+    **openapi_body(_BeginDoc)["requestBody"], "required": False}})
+async def begin(request: Request, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
+    body = await _body(request) if await request.body() else None
+    return await _run(state.transactions.begin, principal, body)
+
+
+@router.get("/api/transactions/{transaction_id}")
+def status(transaction_id: str, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
+    return state.transactions.status(principal, transaction_id)
+
+
+@router.post("/api/transactions/{transaction_id}/commit", response_model=None)
+def commit(transaction_id: str, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
+    return state.transactions.commit(principal, transaction_id)
+
+
+@router.post("/api/transactions/{transaction_id}/rollback", response_model=None)
+def rollback(transaction_id: str, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
+    return state.transactions.rollback(principal, transaction_id)
+
+
+@router.post("/api/transactions/{transaction_id}/savepoints",
+             openapi_extra=openapi_body(_SavepointDoc))
+async def savepoint(transaction_id: str, request: Request, principal: CurrentPrincipal,
+                    state: State) -> dict[str, Any]:
+    body = await _body(request)
+    return await _run(state.transactions.savepoint, principal, transaction_id, body)
+
+
+@router.post("/api/transactions/{transaction_id}/savepoints/{name}/rollback",
+             response_model=None)
+def rollback_to(transaction_id: str, name: str, principal: CurrentPrincipal,
+                state: State) -> dict[str, Any]:
+    return state.transactions.rollback_to(principal, transaction_id, name)
+
+
+@router.delete("/api/transactions/{transaction_id}/savepoints/{name}", response_model=None)
+def release(transaction_id: str, name: str, principal: CurrentPrincipal,
+            state: State) -> dict[str, Any]:
+    return state.transactions.release(principal, transaction_id, name)
+
+
+@router.get("/api/collections/{collection}")
+def get_collection(collection: str, principal: CurrentPrincipal,
+                   state: State) -> dict[str, Any]:
+    # ekoDB's client reads a schema here too (CollectionMetadata); no analytics are kept
+    return {"collection": state.datastore.get_schema(principal, collection), "analytics": {}}
+
+
+@router.get("/api/schemas/{collection}")
+def get_schema(collection: str, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
+    return state.datastore.get_schema(principal, collection)
+
+
+@router.put("/api/schemas/{collection}", openapi_extra=openapi_body(_ConstraintsDoc))
+async def update_schema(collection: str, request: Request, principal: CurrentPrincipal,
+                        state: State) -> dict[str, Any]:
+    body = await _body(request)
+    return await _run(state.datastore.update_schema, principal, collection, body)
