@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from ._http import Response
-from .errors import InvalidArgumentError
+from .errors import APIError, EkoError, InvalidArgumentError
 
 T = TypeVar("T")
 
@@ -30,7 +30,8 @@ class Call(Generic[T]):
     ``replayable`` is False only for bodies that are consumed as they are sent (an iterator
     of bytes): such a call cannot be retried once it started sending. ``read_only`` marks a
     query sent as POST (``find``): it changes nothing, so it needs no Idempotency-Key, and
-    sending one would make the server store every answer.
+    sending one would make the server store every answer. ``explain`` may rewrite an error
+    answer with what the SDK knows and the server could not say (a HEAD 404 has no body).
     """
 
     method: str
@@ -43,6 +44,7 @@ class Call(Generic[T]):
     stream: bool = False
     replayable: bool = True
     read_only: bool = False
+    explain: Callable[[APIError], EkoError] | None = None
 
     @property
     def is_write(self) -> bool:

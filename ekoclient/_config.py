@@ -72,6 +72,10 @@ class RateLimitOptions(BaseModel):
     max_delay: float = Field(60.0, gt=0)
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -122,6 +126,12 @@ class ClientOptions(BaseModel):
     host_max_cooldown: float = Field(30.0, gt=0)
     #: A :class:`ekoclient.HostDiscovery`; ``hosts`` then holds its first answer.
     discovery: Any = None
+    #: Called before each attempt with a RequestInfo (Authorization redacted).
+    on_request: tuple[Callable[..., Any], ...] = ()
+    #: Called with each answer's ResponseInfo, retried error answers included.
+    on_response: tuple[Callable[..., Any], ...] = ()
+    #: OpenTelemetry spans per call (needs the ``otel`` extra); EKOCLIENT_TRACING=1 too.
+    tracing: bool = Field(default_factory=lambda: _env_flag("EKOCLIENT_TRACING"))
 
     @field_validator("hosts")
     @classmethod
@@ -129,6 +139,13 @@ class ClientOptions(BaseModel):
         if not hosts:
             raise ValueError("give a base_url or at least one host")
         return tuple(_check_url(url) for url in hosts)
+
+    @field_validator("on_request", "on_response", mode="before")
+    @classmethod
+    def _one_or_many(cls, hooks: Any) -> Any:
+        if hooks is None:
+            return ()
+        return (hooks,) if callable(hooks) else tuple(hooks)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -274,6 +291,21 @@ class ClientBuilder(Generic[C]):
 
     def event_hooks(self, hooks: Mapping[str, list[Callable[..., Any]]]) -> ClientBuilder[C]:
         self._options["event_hooks"] = hooks
+        return self
+
+    def on_request(self, hook: Callable[..., Any]) -> ClientBuilder[C]:
+        """Call ``hook(RequestInfo)`` before every attempt (may be given more than once)."""
+        self._options["on_request"] = (*self._options.get("on_request", ()), hook)
+        return self
+
+    def on_response(self, hook: Callable[..., Any]) -> ClientBuilder[C]:
+        """Call ``hook(ResponseInfo)`` after every answer (may be given more than once)."""
+        self._options["on_response"] = (*self._options.get("on_response", ()), hook)
+        return self
+
+    def tracing(self, enabled: bool = True) -> ClientBuilder[C]:
+        """OpenTelemetry spans per call (``pip install 'ekoclient[otel]'``)."""
+        self._options["tracing"] = enabled
         return self
 
     def transport(self, transport: Any) -> ClientBuilder[C]:

@@ -8,12 +8,15 @@ over a :class:`SyncExecutor` the attribute is a blocking method, over an
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, overload
 
 from ._call import Call
 from ._executor import AsyncExecutor, SyncExecutor
+from ._options import check_idempotency_key
 from ._tokens import Credential
+from .errors import InvalidArgumentError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -34,16 +37,58 @@ class Service(Generic[E]):
         return f"<{type(self).__name__} {who}>"
 
 
+class WriteOptions(TypedDict, total=False):
+    """Keywords every write accepts, handled by :class:`endpoint` rather than the builder.
+
+    A write builder declares ``**write: Unpack[WriteOptions]`` so that type checkers and
+    ``help()`` show the keyword; the endpoint takes it out before calling the builder.
+    """
+
+    #: Your own Idempotency-Key: a retry of the whole operation with the same key (after a
+    #: crash, from another process) is applied once; the server answers it with the first
+    #: result. Without one, the SDK makes a key per call, kept across its own retries.
+    idempotency_key: str
+
+
+_TARGETS = ("collection", "table", "queue", "name", "source")
+_IDEM = inspect.Parameter("idempotency_key", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation="str | None")
+
+
+def public_signature(build: Callable[..., Any], *, drop_first: bool = False
+                     ) -> inspect.Signature:
+    """What ``help()`` and ``inspect.signature`` show for the method built from ``build``:
+    its parameters, with ``**write`` shown as the ``idempotency_key`` keyword it stands for."""
+    sig = inspect.signature(build)
+    params = list(sig.parameters.values())[1 if drop_first else 0:]
+    out = [_IDEM if p.kind is p.VAR_KEYWORD and "WriteOptions" in str(p.annotation) else p
+           for p in params]
+    return sig.replace(parameters=out)
+
+
 class endpoint(Generic[P, T]):
-    """Attach a call-building function to a service as a sync or async method."""
+    """Attach a call-building function to a service as a sync or async method.
+
+    The method made on each attribute access carries the builder's name, docstring and
+    signature, so ``help()``, ``inspect.signature`` and IDEs show the real parameters.
+    ``idempotency_key=`` is taken out here, for every write, before the builder runs.
+    """
 
     def __init__(self, build: Callable[P, Call[T]]) -> None:
         self._build = build
         self.__doc__ = build.__doc__
-        self._name = build.__name__.lstrip("_")
+        self.__wrapped__ = build
+        self._name = self.__name__ = self.__qualname__ = build.__name__.lstrip("_")
+        self.__signature__ = self._signature = self.signature(build)
+        names = list(self.__signature__.parameters)
+        self._target = names[0] if names and names[0] in _TARGETS else None
+
+    def signature(self, build: Callable[..., Any]) -> inspect.Signature:
+        return public_signature(build)
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
+        self._name = self.__name__ = name
+        self.__qualname__ = f"{owner.__qualname__}.{name}"
 
     def bind(self, obj: Any) -> Callable[..., Call[T]]:
         """The call builder for one service instance (subclasses add per-service arguments)."""
@@ -60,17 +105,37 @@ class endpoint(Generic[P, T]):
         if obj is None:
             return self
         build = self.bind(obj)
-        execute = obj._executor.execute
+        executor = obj._executor
+        execute = executor.execute
         credential = obj._credential
+        name = self._name
+        traced = executor.observer is not None and executor.observer.tracer is not None
+        target_name = self._target if traced else None
 
         def method(*args: Any, **kwargs: Any) -> Any:
             # Sync executors return the result; async ones return the coroutine to await.
-            return execute(build(*args, **kwargs), credential)
+            key = kwargs.pop("idempotency_key", None) if kwargs else None
+            call = build(*args, **kwargs)
+            if key is not None:
+                key = check_idempotency_key(key)
+                if not call.is_write:
+                    raise InvalidArgumentError(
+                        f"{name}() does not change anything, so idempotency_key does not "
+                        "apply to it")
+            target = None
+            if target_name is not None:
+                target = args[0] if args else kwargs.get(target_name)
+            return execute(call, credential, idempotency_key=key, operation=name,
+                           target=target if isinstance(target, str) else None)
 
         method.__doc__ = self.__doc__
-        method.__name__ = self._name
+        method.__name__ = name
+        method.__qualname__ = self.__qualname__
+        method.__signature__ = self._signature  # type: ignore[attr-defined]
         return method
 
     def describe(self, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
         """The call this endpoint would make, without making it (for tests and tooling)."""
+        kw: dict[str, Any] = kwargs
+        kw.pop("idempotency_key", None)
         return self._build(*args, **kwargs)

@@ -6,12 +6,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
+from typing_extensions import Unpack
 
 from .._call import Call, json_call, parse_none, segment
 from .._filters import Filter, filter_wire
 from .._http import Response
 from .._paging import Pager, paged
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult
 
@@ -72,12 +73,12 @@ def _sort(sort: SortArg) -> list[dict[str, Any]] | None:
     return out
 
 
-def _create_collection(name: str) -> Call[None]:
+def _create_collection(name: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Create a collection (needs admin on it, or an admin key)."""
     return json_call("POST", f"/api/collections/{segment(name, 'collection')}", parse_none)
 
 
-def _drop_collection(name: str) -> Call[None]:
+def _drop_collection(name: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Drop a collection and every record in it."""
     return json_call("DELETE", f"/api/collections/{segment(name, 'collection')}", parse_none)
 
@@ -87,7 +88,8 @@ def _list_collections() -> Call[list[str]]:
     return json_call("GET", "/api/collections", lambda r: list(r.json()["collections"]))
 
 
-def _insert(collection: str, record: Mapping[str, Any]) -> Call[dict[str, Any]]:
+def _insert(collection: str, record: Mapping[str, Any],
+            **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Insert a record; returns it as stored, including its new opaque ``id``."""
     if not isinstance(record, Mapping):
         raise InvalidArgumentError(f"a record is a mapping of fields, got {type(record).__name__}")
@@ -168,7 +170,8 @@ def _iter_find(
     return Pager(page, page_size=page_size, limit=limit)
 
 
-def _update(collection: str, id: str, changes: Mapping[str, Any]) -> Call[dict[str, Any]]:
+def _update(collection: str, id: str, changes: Mapping[str, Any],
+            **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Apply ``changes`` to a record; returns the record as stored now."""
     if not isinstance(changes, Mapping):
         raise InvalidArgumentError("changes must be a mapping of fields to new values")
@@ -176,13 +179,14 @@ def _update(collection: str, id: str, changes: Mapping[str, Any]) -> Call[dict[s
     return json_call("PUT", path, _record, dict(changes))
 
 
-def _delete(collection: str, id: str) -> Call[None]:
+def _delete(collection: str, id: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Delete one record; NotFoundError if it does not exist (or is not yours to see)."""
     path = f"/api/delete/{segment(collection, 'collection')}/{segment(id, 'id')}"
     return json_call("DELETE", path, parse_none)
 
 
-def _batch_insert(collection: str, records: Iterable[Mapping[str, Any]]) -> Call[BatchResult]:
+def _batch_insert(collection: str, records: Iterable[Mapping[str, Any]],
+                  **write: Unpack[WriteOptions]) -> Call[BatchResult]:
     """Insert many records; each succeeds or fails on its own."""
     inserts = [{"data": dict(r)} for r in records]
     return json_call("POST", f"/api/batch/insert/{segment(collection, 'collection')}", _batch,
@@ -192,6 +196,7 @@ def _batch_insert(collection: str, records: Iterable[Mapping[str, Any]]) -> Call
 def _batch_update(
     collection: str,
     updates: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]],
+    **write: Unpack[WriteOptions],
 ) -> Call[BatchResult]:
     """Update many records: ``{id: changes}`` or ``[{"id": ..., "data": {...}}]``."""
     if isinstance(updates, Mapping):
@@ -207,6 +212,7 @@ def _batch_delete(
     ids: Iterable[str] | None = None,
     *,
     filter: FilterArg = None,
+    **write: Unpack[WriteOptions],
 ) -> Call[BatchResult]:
     """Delete records by id, or every record matching ``filter`` (exactly one of the two)."""
     if (ids is None) == (filter is None):
