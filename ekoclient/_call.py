@@ -7,11 +7,17 @@ and async executors run the same descriptions, so each endpoint is defined exact
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import json
+import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
+
+from pydantic import BaseModel
 
 from ._http import Response
 from .errors import APIError, EkoError, InvalidArgumentError
@@ -55,6 +61,20 @@ class Call(Generic[T]):
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+def json_default(value: Any) -> Any:
+    """JSON for the values pydantic would also write: models, dates and times (ISO 8601),
+    UUIDs and Decimals (as strings, so no digit is lost), enums (their value)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, Decimal)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def json_call(
     method: str,
     path: str,
@@ -69,7 +89,8 @@ def json_call(
     if body is None:
         return Call(method, path, parse, params=params, auth=auth, read_only=read_only)
     try:
-        content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        content = json.dumps(body, separators=(",", ":"), allow_nan=False,
+                             default=json_default).encode()
     except ValueError as exc:
         raise InvalidArgumentError(f"the request body cannot be sent as JSON: {exc}") from exc
     except TypeError as exc:

@@ -16,10 +16,11 @@ from functools import cached_property
 from types import TracebackType
 from typing import Any, Generic, overload
 
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 from ._config import (
     ClientBuilder,
+    ClientKwargs,
     ClientOptions,
     PoolOptions,
     RateLimitOptions,
@@ -276,7 +277,8 @@ class _ClientBase(ServiceSet[E]):
         return ClientBuilder(cls)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Unpack[ClientKwargs]) -> Self:
         """A client from ``EKODB_URL``, ``EKODB_API_KEY`` and ``EKODB_CA_BUNDLE``."""
         return cls(**options_from_env(environ, **overrides))
 

@@ -10,7 +10,7 @@ import ipaddress
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -23,7 +23,7 @@ from .errors import ConfigurationError
 class RetryOptions(BaseModel):
     """Exponential backoff with full jitter; see :mod:`ekoclient._retry`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     max_attempts: int = Field(5, ge=1, le=50)
     initial: float = Field(0.05, gt=0, le=60)
@@ -43,7 +43,7 @@ class PoolOptions(BaseModel):
     handshake for most calls under load.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     max_connections: int = Field(100, ge=1)
     max_keepalive: int = Field(100, ge=0)
@@ -51,7 +51,7 @@ class PoolOptions(BaseModel):
 
 
 class TimeoutOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     connect: float = Field(5.0, gt=0)
     read: float = Field(30.0, gt=0)
@@ -62,7 +62,7 @@ class TimeoutOptions(BaseModel):
 class RateLimitOptions(BaseModel):
     """Client-side pacing from the server's X-RateLimit-* figures; see ekoclient._pacing."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     #: Hold calls of a credential whose budget runs low instead of bouncing off 429s.
     adaptive: bool = False
@@ -106,7 +106,8 @@ def _check_plain_http_url(url: str, allow_insecure: bool) -> None:
 class ClientOptions(BaseModel):
     """Everything a client can be told. Built by the constructor, builder or ``from_env``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True,
+                                                    arbitrary_types_allowed=True)
 
     hosts: tuple[str, ...]
     api_key: SecretStr | None = None
@@ -213,6 +214,37 @@ def _first_hosts(discovery: Any) -> tuple[str, ...]:
 C = TypeVar("C")
 
 
+def _given(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A builder method's keyword arguments that were actually given."""
+    return {k: v for k, v in arguments.items() if k != "self" and v is not None}
+
+
+class ClientKwargs(TypedDict, total=False):
+    """The keyword options of ``Client(...)``, for typed ``Client.from_env(**overrides)``."""
+
+    base_url: str
+    hosts: list[str] | tuple[str, ...]
+    api_key: str
+    ca_bundle: str
+    verify: bool
+    allow_insecure: bool
+    retry: RetryOptions | Mapping[str, Any]
+    pool: PoolOptions | Mapping[str, Any]
+    timeout: float | TimeoutOptions | Mapping[str, Any]
+    rate_limit: RateLimitOptions | Mapping[str, Any]
+    token_refresh_margin: float
+    token_cache_size: int
+    user_agent_suffix: str
+    event_hooks: Mapping[str, list[Callable[..., Any]]]
+    transport: Any
+    host_cooldown: float
+    host_max_cooldown: float
+    discovery: Any
+    on_request: Callable[..., Any] | list[Callable[..., Any]]
+    on_response: Callable[..., Any] | list[Callable[..., Any]]
+    tracing: bool
+
+
 class ClientBuilder(Generic[C]):
     """Fluent construction: ``Client.builder().base_url(u).api_key(k).build()``."""
 
@@ -260,21 +292,31 @@ class ClientBuilder(Generic[C]):
         self._options["allow_insecure"] = allow
         return self
 
-    def retry(self, **options: Any) -> ClientBuilder[C]:
-        self._options["retry"] = options
+    def retry(self, *, max_attempts: int | None = None, initial: float | None = None,
+              maximum: float | None = None, max_elapsed: float | None = None,
+              retry_after_cap: float | None = None, budget_capacity: float | None = None,
+              budget_ratio: float | None = None, budget_per_second: float | None = None
+              ) -> ClientBuilder[C]:
+        """Retry policy (see RetryOptions); unset fields keep their defaults."""
+        self._options["retry"] = _given(locals())
         return self
 
-    def pool(self, **options: Any) -> ClientBuilder[C]:
-        self._options["pool"] = options
+    def pool(self, *, max_connections: int | None = None, max_keepalive: int | None = None,
+             keepalive_expiry: float | None = None) -> ClientBuilder[C]:
+        """Connection pool limits (see PoolOptions)."""
+        self._options["pool"] = _given(locals())
         return self
 
-    def timeout(self, **options: Any) -> ClientBuilder[C]:
-        self._options["timeout"] = options
+    def timeout(self, *, connect: float | None = None, read: float | None = None,
+                write: float | None = None, pool: float | None = None) -> ClientBuilder[C]:
+        """Seconds per phase (see TimeoutOptions)."""
+        self._options["timeout"] = _given(locals())
         return self
 
-    def rate_limit(self, **options: Any) -> ClientBuilder[C]:
+    def rate_limit(self, *, adaptive: bool | None = None, headroom: float | None = None,
+                   max_delay: float | None = None) -> ClientBuilder[C]:
         """Client-side pacing, e.g. ``.rate_limit(adaptive=True)`` (see RateLimitOptions)."""
-        self._options["rate_limit"] = options
+        self._options["rate_limit"] = _given(locals())
         return self
 
     def token_refresh_margin(self, seconds: float) -> ClientBuilder[C]:

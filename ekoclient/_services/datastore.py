@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import Unpack
 
 from .._call import Call, json_call, parse_none, segment
+from .._executor import AsyncExecutor, SyncExecutor
 from .._filters import Filter, filter_wire
 from .._http import Response
 from .._paging import Pager, paged
 from .._service import E, Service, WriteOptions, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult
+
+M = TypeVar("M", bound=BaseModel)
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -45,6 +48,25 @@ def _as_model(model: type[BaseModel] | None, parse: Any) -> Any:
         return lambda r: model.model_validate(_record(r))
     adapter = TypeAdapter(list[model])  # type: ignore[valid-type]
     return lambda r: adapter.validate_python(_records(r))
+
+
+Record = Mapping[str, Any] | BaseModel
+
+
+def _record_body(record: object, what: str, *, partial: bool = False) -> dict[str, Any]:
+    """A record to send: a mapping as given, or a pydantic model's JSON form.
+
+    A model's ``id`` is left out (the server owns ids and refuses one in a body); for
+    ``update`` only the fields that were set are sent, so a partial model changes only them.
+    """
+    if isinstance(record, BaseModel):
+        data = record.model_dump(mode="json", by_alias=True, exclude_unset=partial)
+        data.pop("id", None)
+        return data
+    if not isinstance(record, Mapping):
+        raise InvalidArgumentError(
+            f"{what} is a mapping of fields or a pydantic model, got {type(record).__name__}")
+    return dict(record)
 
 
 def _fields(value: Iterable[str] | None, what: str) -> list[str] | None:
@@ -88,13 +110,12 @@ def _list_collections() -> Call[list[str]]:
     return json_call("GET", "/api/collections", lambda r: list(r.json()["collections"]))
 
 
-def _insert(collection: str, record: Mapping[str, Any],
+def _insert(collection: str, record: Record,
             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
-    """Insert a record; returns it as stored, including its new opaque ``id``."""
-    if not isinstance(record, Mapping):
-        raise InvalidArgumentError(f"a record is a mapping of fields, got {type(record).__name__}")
+    """Insert a record (a mapping or a pydantic model; datetimes, UUIDs and Decimals are sent
+    as ISO/str strings, as pydantic writes them); returns it as stored, with its new ``id``."""
     return json_call("POST", f"/api/insert/{segment(collection, 'collection')}", _record,
-                     dict(record))
+                     _record_body(record, "a record"))
 
 
 def _get(
@@ -170,13 +191,13 @@ def _iter_find(
     return Pager(page, page_size=page_size, limit=limit)
 
 
-def _update(collection: str, id: str, changes: Mapping[str, Any],
+def _update(collection: str, id: str, changes: Record,
             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
-    """Apply ``changes`` to a record; returns the record as stored now."""
-    if not isinstance(changes, Mapping):
-        raise InvalidArgumentError("changes must be a mapping of fields to new values")
+    """Apply ``changes`` (a mapping, or a pydantic model: the fields set on it) to a record;
+    returns the record as stored now."""
+    body = _record_body(changes, "changes", partial=True)
     path = f"/api/update/{segment(collection, 'collection')}/{segment(id, 'id')}"
-    return json_call("PUT", path, _record, dict(changes))
+    return json_call("PUT", path, _record, body)
 
 
 def _delete(collection: str, id: str, **write: Unpack[WriteOptions]) -> Call[None]:
@@ -185,22 +206,24 @@ def _delete(collection: str, id: str, **write: Unpack[WriteOptions]) -> Call[Non
     return json_call("DELETE", path, parse_none)
 
 
-def _batch_insert(collection: str, records: Iterable[Mapping[str, Any]],
+def _batch_insert(collection: str, records: Iterable[Record],
                   **write: Unpack[WriteOptions]) -> Call[BatchResult]:
-    """Insert many records; each succeeds or fails on its own."""
-    inserts = [{"data": dict(r)} for r in records]
+    """Insert many records (mappings or pydantic models); each succeeds or fails on its own."""
+    inserts = [{"data": _record_body(r, "a record")} for r in records]
     return json_call("POST", f"/api/batch/insert/{segment(collection, 'collection')}", _batch,
                      {"inserts": inserts})
 
 
 def _batch_update(
     collection: str,
-    updates: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]],
+    updates: Mapping[str, Record] | Iterable[Mapping[str, Any]],
     **write: Unpack[WriteOptions],
 ) -> Call[BatchResult]:
-    """Update many records: ``{id: changes}`` or ``[{"id": ..., "data": {...}}]``."""
+    """Update many records: ``{id: changes}`` (changes may be models) or
+    ``[{"id": ..., "data": {...}}]``."""
     if isinstance(updates, Mapping):
-        items = [{"id": k, "data": dict(v)} for k, v in updates.items()]
+        items = [{"id": k, "data": _record_body(v, "changes", partial=True)}
+                 for k, v in updates.items()]
     else:
         items = [dict(u) for u in updates]
     return json_call("PUT", f"/api/batch/update/{segment(collection, 'collection')}", _batch,
@@ -236,11 +259,71 @@ class DataStore(Service[E]):
     drop_collection = endpoint(_drop_collection)
     list_collections = endpoint(_list_collections)
     insert = endpoint(_insert)
-    get = endpoint(_get)
-    find = endpoint(_find)
     iter_find = paged(_iter_find)
     update = endpoint(_update)
     delete = endpoint(_delete)
     batch_insert = endpoint(_batch_insert)
     batch_update = endpoint(_batch_update)
     batch_delete = endpoint(_batch_delete)
+
+    # get/find return what model= asks for. An endpoint's ParamSpec cannot say that, so type
+    # checkers read these overloads while the runtime uses the endpoints (one definition).
+    if TYPE_CHECKING:
+        @overload
+        def get(self: DataStore[SyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: None = None
+                ) -> dict[str, Any]: ...
+        @overload
+        def get(self: DataStore[SyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: type[M]) -> M: ...
+        @overload
+        def get(self: DataStore[AsyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: None = None
+                ) -> Awaitable[dict[str, Any]]: ...
+        @overload
+        def get(self: DataStore[AsyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: type[M]
+                ) -> Awaitable[M]: ...
+        def get(self, collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None,
+                model: type[BaseModel] | None = None) -> Any:
+            """One record by id, as a dict or parsed into ``model``; NotFoundError if absent."""
+
+        @overload
+        def find(self: DataStore[SyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> list[dict[str, Any]]: ...
+        @overload
+        def find(self: DataStore[SyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> list[M]: ...
+        @overload
+        def find(self: DataStore[AsyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> Awaitable[list[dict[str, Any]]]: ...
+        @overload
+        def find(self: DataStore[AsyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> Awaitable[list[M]]: ...
+        def find(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None,
+                 model: type[BaseModel] | None = None) -> Any:
+            """Records matching ``filter`` (one page: the service caps ``limit``)."""
+    else:
+        get = endpoint(_get)
+        find = endpoint(_find)
