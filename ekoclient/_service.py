@@ -58,12 +58,23 @@ _IDEM = inspect.Parameter("idempotency_key", inspect.Parameter.KEYWORD_ONLY, def
 def public_signature(build: Callable[..., Any], *, drop_first: bool = False
                      ) -> inspect.Signature:
     """What ``help()`` and ``inspect.signature`` show for the method built from ``build``:
-    its parameters, with ``**write`` shown as the ``idempotency_key`` keyword it stands for."""
+    its parameters, with ``**write`` shown as the ``idempotency_key`` keyword it stands for,
+    returning what the call returns (``Call[X]`` → ``X``)."""
     sig = inspect.signature(build)
     params = list(sig.parameters.values())[1 if drop_first else 0:]
     out = [_IDEM if p.kind is p.VAR_KEYWORD and "WriteOptions" in str(p.annotation) else p
            for p in params]
-    return sig.replace(parameters=out)
+    returns = sig.return_annotation
+    if isinstance(returns, str) and returns.startswith("Call[") and returns.endswith("]"):
+        returns = returns[5:-1]
+    return sig.replace(parameters=out, return_annotation=returns)
+
+
+def _awaitable(sig: inspect.Signature) -> inspect.Signature:
+    returns = sig.return_annotation
+    if returns is inspect.Signature.empty:
+        return sig
+    return sig.replace(return_annotation=f"Awaitable[{returns}]")
 
 
 class endpoint(Generic[P, T]):
@@ -79,8 +90,13 @@ class endpoint(Generic[P, T]):
         self.__doc__ = build.__doc__
         self.__wrapped__ = build
         self._name = self.__name__ = self.__qualname__ = build.__name__.lstrip("_")
-        self.__signature__ = self._signature = self.signature(build)
-        names = list(self.__signature__.parameters)
+        self._signature = self.signature(build)
+        self._async_signature = _awaitable(self._signature)
+        # on the class it reads (and works) as an unbound method: (self, ...)
+        this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.__signature__ = self._signature.replace(
+            parameters=[this, *self._signature.parameters.values()])
+        names = list(self._signature.parameters)
         self._target = names[0] if names and names[0] in _TARGETS else None
 
     def signature(self, build: Callable[..., Any]) -> inspect.Signature:
@@ -131,8 +147,14 @@ class endpoint(Generic[P, T]):
         method.__doc__ = self.__doc__
         method.__name__ = name
         method.__qualname__ = self.__qualname__
-        method.__signature__ = self._signature  # type: ignore[attr-defined]
+        method.__signature__ = (  # type: ignore[attr-defined]
+            self._async_signature if executor.is_async else self._signature)
         return method
+
+    def __call__(self, service: Service[Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``DataStore.get(service, ...)``: the unbound form, as for any method."""
+        method: Callable[..., Any] = self.__get__(service, type(service))
+        return method(*args, **kwargs)
 
     def describe(self, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
         """The call this endpoint would make, without making it (for tests and tooling)."""
