@@ -55,8 +55,8 @@ _IDEM = inspect.Parameter("idempotency_key", inspect.Parameter.KEYWORD_ONLY, def
                           annotation="str | None")
 
 
-def public_signature(build: Callable[..., Any], *, drop_first: bool = False
-                     ) -> inspect.Signature:
+def public_signature(build: Callable[..., Any], *, drop_first: bool = False,
+                     unwrap: str = "Call") -> inspect.Signature:
     """What ``help()`` and ``inspect.signature`` show for the method built from ``build``:
     its parameters, with ``**write`` shown as the ``idempotency_key`` keyword it stands for,
     returning what the call returns (``Call[X]`` → ``X``)."""
@@ -65,46 +65,75 @@ def public_signature(build: Callable[..., Any], *, drop_first: bool = False
     out = [_IDEM if p.kind is p.VAR_KEYWORD and "WriteOptions" in str(p.annotation) else p
            for p in params]
     returns = sig.return_annotation
-    if isinstance(returns, str) and returns.startswith("Call[") and returns.endswith("]"):
-        returns = returns[5:-1]
+    if isinstance(returns, str) and returns.startswith(unwrap + "[") and returns.endswith("]"):
+        returns = returns[len(unwrap) + 1:-1]
     return sig.replace(parameters=out, return_annotation=returns)
 
 
-def _awaitable(sig: inspect.Signature) -> inspect.Signature:
+def _returning(sig: inspect.Signature, template: str) -> inspect.Signature:
     returns = sig.return_annotation
     if returns is inspect.Signature.empty:
         return sig
-    return sig.replace(return_annotation=f"Awaitable[{returns}]")
+    return sig.replace(return_annotation=template.format(returns))
 
 
-class endpoint(Generic[P, T]):
+class MethodFace:
+    """What a method made by a descriptor shows: name, docstring, real signature.
+
+    Descriptors that build a method per access (:class:`endpoint`, and the paging and
+    streaming ones) inherit this so ``help()``, ``inspect.signature`` and IDEs show the
+    builder's parameters instead of ``(*args, **kwargs)``. On the class the descriptor reads
+    and works as an unbound method (``DataStore.get(service, ...)``).
+    """
+
+    #: How the builder's return annotation reads on a sync / async service.
+    returns_sync = "{}"
+    returns_async = "Awaitable[{}]"
+
+    def init_face(self, build: Callable[..., Any], sig: inspect.Signature) -> None:
+        self.__doc__ = build.__doc__
+        self.__wrapped__ = build
+        self._name = self.__name__ = self.__qualname__ = build.__name__.lstrip("_")
+        self._signature = _returning(sig, self.returns_sync)
+        self._async_signature = _returning(sig, self.returns_async)
+        this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.__signature__ = self._signature.replace(
+            parameters=[this, *self._signature.parameters.values()])
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = self.__name__ = name
+        self.__qualname__ = f"{owner.__qualname__}.{name}"
+
+    def dress(self, method: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+        method.__doc__ = self.__doc__
+        method.__name__ = self._name
+        method.__qualname__ = self.__qualname__
+        method.__signature__ = (  # type: ignore[attr-defined]
+            self._async_signature if is_async else self._signature)
+        return method
+
+    def __call__(self, service: Service[Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``DataStore.get(service, ...)``: the unbound form, as for any method."""
+        descriptor: Any = self
+        return descriptor.__get__(service, type(service))(*args, **kwargs)
+
+
+class endpoint(MethodFace, Generic[P, T]):
     """Attach a call-building function to a service as a sync or async method.
 
     The method made on each attribute access carries the builder's name, docstring and
-    signature, so ``help()``, ``inspect.signature`` and IDEs show the real parameters.
-    ``idempotency_key=`` is taken out here, for every write, before the builder runs.
+    signature (see :class:`MethodFace`). ``idempotency_key=`` is taken out here, for every
+    write, before the builder runs.
     """
 
     def __init__(self, build: Callable[P, Call[T]]) -> None:
         self._build = build
-        self.__doc__ = build.__doc__
-        self.__wrapped__ = build
-        self._name = self.__name__ = self.__qualname__ = build.__name__.lstrip("_")
-        self._signature = self.signature(build)
-        self._async_signature = _awaitable(self._signature)
-        # on the class it reads (and works) as an unbound method: (self, ...)
-        this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        self.__signature__ = self._signature.replace(
-            parameters=[this, *self._signature.parameters.values()])
+        self.init_face(build, self.signature(build))
         names = list(self._signature.parameters)
         self._target = names[0] if names and names[0] in _TARGETS else None
 
     def signature(self, build: Callable[..., Any]) -> inspect.Signature:
         return public_signature(build)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = self.__name__ = name
-        self.__qualname__ = f"{owner.__qualname__}.{name}"
 
     def bind(self, obj: Any) -> Callable[..., Call[T]]:
         """The call builder for one service instance (subclasses add per-service arguments)."""
@@ -144,17 +173,7 @@ class endpoint(Generic[P, T]):
             return execute(call, credential, idempotency_key=key, operation=name,
                            target=target if isinstance(target, str) else None)
 
-        method.__doc__ = self.__doc__
-        method.__name__ = name
-        method.__qualname__ = self.__qualname__
-        method.__signature__ = (  # type: ignore[attr-defined]
-            self._async_signature if executor.is_async else self._signature)
-        return method
-
-    def __call__(self, service: Service[Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``DataStore.get(service, ...)``: the unbound form, as for any method."""
-        method: Callable[..., Any] = self.__get__(service, type(service))
-        return method(*args, **kwargs)
+        return self.dress(method, executor.is_async)
 
     def describe(self, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
         """The call this endpoint would make, without making it (for tests and tooling)."""

@@ -144,3 +144,31 @@ def test_hints_of_many_keys_have_one_length_and_tell_keys_apart() -> None:
     assert {len(h) for h in hints} == {len("eko_live_…#123456")}
     assert len(hints) > 1990  # 24-bit fingerprints: collisions are rare, not impossible
 
+
+
+def _public_methods(services: object) -> list[tuple[str, object]]:
+    from ekoclient._service import Service
+
+    out = []
+    for attr in dir(services):
+        service = getattr(services, attr, None) if not attr.startswith("_") else None
+        if not isinstance(service, Service):
+            continue
+        for name in dir(service):
+            method = getattr(service, name)
+            if not name.startswith("_") and callable(method):
+                out.append((f"{attr}.{name}", method))
+    return out
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_every_service_method_has_its_name_and_real_parameters(flavour: str) -> None:
+    client = (Client if flavour == "sync" else AsyncClient)(base_url="https://127.0.0.1:9")
+    methods = _public_methods(client)
+    assert len(methods) > 50
+    for path, method in methods:
+        assert getattr(method, "__name__", None) == path.split(".")[1], path
+        params = inspect.signature(method).parameters.values()  # type: ignore[arg-type]
+        kinds = {p.kind for p in params}
+        assert inspect.Parameter.VAR_POSITIONAL not in kinds, (path, kinds)
+        assert (method.__doc__ or "").strip(), path

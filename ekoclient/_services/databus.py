@@ -56,6 +56,7 @@ def _unsubscribe(name: str, **write: Unpack[WriteOptions]) -> Call[None]:
 
 
 def _get_subscription(name: str) -> Call[Subscription]:
+    """One of this key's subscriptions: its collections, filter and TTLs."""
     return json_call("GET", _path(name), _subscription)
 
 

@@ -206,6 +206,7 @@ class _consume:
                 return await run_async(made, run, handler, stop_event)
 
             aconsume.__doc__ = self.__doc__
+            aconsume.__name__ = aconsume.__qualname__ = "consume"
             return aconsume
 
         def consume(queue: str, handler: Callable[[Message], object], *,
