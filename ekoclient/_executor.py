@@ -39,7 +39,7 @@ from ._observe import (
     span_answer,
     span_attempt,
 )
-from ._options import CallOptions, RawResponse
+from ._options import CallOptions, RawResponse, raw_headers
 from ._pacing import pace
 from ._retry import (
     RETRYABLE_STATUSES,
@@ -243,7 +243,7 @@ class ExecutorCore:
 
     @staticmethod
     def raw(response: Response, result: Any, attempts: int, started: float) -> Any:
-        return RawResponse(response.status_code, RawResponse.headers_of(response.headers),
+        return RawResponse(response.status_code, raw_headers(response.headers),
                            response.headers.get("x-request-id"), result, attempts,
                            time.perf_counter() - started)
 
@@ -483,7 +483,11 @@ class SyncExecutor(ExecutorCore):
                     raise self.closed_error() from exc
                 raise
             if observe:
-                self.answered(info, response, started, span)
+                try:
+                    self.answered(info, response, started, span)
+                except BaseException:
+                    response.close()  # a failing hook must not leak a streamed connection
+                    raise
             if response.status_code < 400:
                 self.succeeded(call, host, response, credential)
                 try:
@@ -640,7 +644,11 @@ class AsyncExecutor(ExecutorCore):
                     raise self.closed_error() from exc
                 raise
             if observe:
-                self.answered(info, response, started, span)
+                try:
+                    self.answered(info, response, started, span)
+                except BaseException:
+                    await response.aclose()  # a failing hook must not leak a connection
+                    raise
             if response.status_code < 400:
                 self.succeeded(call, host, response, credential)
                 try:

@@ -83,6 +83,7 @@ class RawResponse(Generic[T]):
         """The parsed result (same as ``.parsed``; the name openai's SDK users know)."""
         return self.parsed
 
-    @staticmethod
-    def headers_of(raw: Mapping[str, str]) -> Mapping[str, str]:
-        return _Headers((k.lower(), v) for k, v in raw.items())
+
+def raw_headers(raw: Mapping[str, str]) -> Mapping[str, str]:
+    """A copy of the response headers for RawResponse, looked up without regard to case."""
+    return _Headers((k.lower(), v) for k, v in raw.items())
