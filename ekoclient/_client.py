@@ -16,6 +16,7 @@ from functools import cached_property
 from types import TracebackType
 from typing import Any, Generic, overload
 
+from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import Self, Unpack
 
 from ._config import (
@@ -42,16 +43,22 @@ from ._tokens import Credential, RateLimitInfo
 from .errors import ConfigurationError
 
 
-def _timeouts(timeout: float | TimeoutOptions | Mapping[str, Any]
+def _timeouts(timeout: float | TimeoutOptions | Mapping[str, Any],
+              current: tuple[float, float, float, float]
               ) -> tuple[float, float, float, float]:
-    """A per-call timeout: one number for every phase, or TimeoutOptions / its fields."""
+    """A per-call timeout: one number for every phase, a TimeoutOptions, or some of its
+    fields (the others stay as they are now)."""
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         if timeout <= 0:
             raise ConfigurationError("timeout must be a positive number of seconds")
         t = float(timeout)
         return (t, t, t, t)
     if isinstance(timeout, Mapping):
-        timeout = ClientOptions.build(hosts=["https://localhost"], timeout=timeout).timeout
+        try:
+            phases = dict(zip(("connect", "read", "write", "pool"), current, strict=True))
+            timeout = TimeoutOptions(**{**phases, **timeout})
+        except (PydanticValidationError, TypeError) as exc:
+            raise ConfigurationError(f"invalid timeout {dict(timeout)!r}: {exc}") from None
     if not isinstance(timeout, TimeoutOptions):
         raise ConfigurationError(
             "timeout is seconds, a TimeoutOptions or a mapping of its fields")
@@ -111,10 +118,18 @@ class ServiceSet(Generic[E]):
                                         or not 0 <= max_retries <= 49):
             raise ConfigurationError("max_retries must be an integer from 0 to 49")
         executor = self._executor.derive(
-            timeouts=_timeouts(timeout) if timeout is not None else None,
+            timeouts=_timeouts(timeout, self._current_timeouts()) if timeout is not None
+            else None,
             max_retries=max_retries,
             extra_headers=check_extra_headers(extra_headers) if extra_headers else None)
         return self._derive(executor)
+
+    def _current_timeouts(self) -> tuple[float, float, float, float]:
+        given = self._executor.call_options.timeouts
+        if given is not None:
+            return given
+        t = self._executor.options.timeout
+        return (t.connect, t.read, t.write, t.pool)
 
     @property
     def with_raw_response(self) -> RawServices[E]:

@@ -180,3 +180,11 @@ def test_raw_response_refuses_methods_that_stream_or_page(admin: Client) -> None
         admin.with_raw_response.datastore.iter_find("x")
     with pytest.raises(AttributeError):
         admin.with_raw_response.datastore.no_such_method  # noqa: B018
+
+
+def test_a_partial_timeout_keeps_the_other_phases_as_configured() -> None:
+    with Client(base_url="https://127.0.0.1:9", timeout={"connect": 2, "read": 40}) as c:
+        assert c.with_options(timeout={"read": 3})._executor.call_options.timeouts == \
+            (2.0, 3.0, 30.0, 10.0)
+        with pytest.raises(ConfigurationError, match="reed"):
+            c.with_options(timeout={"reed": 3})
