@@ -120,8 +120,11 @@ class Observer:
             try:
                 yield span
             except BaseException as exc:
-                if span.is_recording() and status_of(exc) is None:
-                    span.set_attribute("error.type", type(exc).__qualname__)
+                # set once, from the outcome: a retried 503 before a 200 is no error
+                if span.is_recording():
+                    status = status_of(exc)
+                    span.set_attribute("error.type", str(status) if status is not None
+                                       else type(exc).__qualname__)
                 raise
 
     def request(self, info: RequestInfo) -> None:
@@ -152,8 +155,6 @@ def span_answer(span: Any, status: int, request_id: str | None) -> None:
     span.set_attribute("http.response.status_code", status)
     if request_id:
         span.set_attribute("ekodb.request_id", request_id)
-    if status >= 400:
-        span.set_attribute("error.type", str(status))
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,6 +21,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from ekoclient import Client, RequestInfo, ResponseInfo
 from ekoclient.errors import NotFoundError
+
+from .sdk_helpers import admin_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +121,27 @@ def test_tracing_makes_one_client_span_per_call_with_the_conventional_attributes
                        for s in spans.get_finished_spans()])
     assert ekodb_server.admin_key not in everything and "Bearer" not in everything
     assert stored["id"]
+
+
+def test_a_call_retried_to_success_is_one_span_without_an_error(
+        ekodb_server: Any, spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    with Client(base_url=ekodb_server.url, api_key=ekodb_server.admin_key,
+                ca_bundle=ekodb_server.ca_bundle, tracing=True,
+                retry={"initial": 0.01, "maximum": 0.02}) as client:
+        name = f"otel{uuid.uuid4().hex[:8]}"
+        client.datastore.create_collection(name)
+        tls = ssl.create_default_context(cafile=str(ekodb_server.ca_bundle))
+        rules = {"rules": [{"path_prefix": f"/api/insert/{name}", "status": 503}]}
+        httpx.post(f"{ekodb_server.url}/api/_faults", json=rules, verify=tls,
+                   headers={"Authorization": f"Bearer {admin_token(ekodb_server)}"}
+                   ).raise_for_status()
+        client.datastore.insert(name, {"a": 1})
+    (insert,) = [s for s in spans.get_finished_spans() if s.name == f"insert {name}"]
+    attrs = dict(insert.attributes or {})
+    assert attrs["http.request.resend_count"] == 1
+    assert attrs["http.response.status_code"] == 200
+    assert "error.type" not in attrs and insert.status.status_code is not StatusCode.ERROR
 
 
 def test_tracing_needs_the_otel_extra_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
