@@ -7,9 +7,11 @@ and the :mod:`ekoclient.errors` and :mod:`ekoclient.models` modules.
 from ._client import (
     AsyncAuthenticator,
     AsyncClient,
+    AsyncCredentialsView,
     Authenticator,
     Client,
     CredentialsView,
+    RawServices,
 )
 from ._config import (
     ClientBuilder,
@@ -21,12 +23,15 @@ from ._config import (
 )
 from ._filters import Filter, where
 from ._hosts import HostDiscovery, HostStatus, StaticHosts
+from ._observe import RequestInfo, ResponseInfo
+from ._options import RawResponse
 from ._tokens import RateLimitInfo
 from ._version import __version__
 
 __all__ = [
     "AsyncAuthenticator",
     "AsyncClient",
+    "AsyncCredentialsView",
     "Authenticator",
     "Client",
     "ClientBuilder",
@@ -38,6 +43,10 @@ __all__ = [
     "PoolOptions",
     "RateLimitInfo",
     "RateLimitOptions",
+    "RawResponse",
+    "RawServices",
+    "RequestInfo",
+    "ResponseInfo",
     "RetryOptions",
     "StaticHosts",
     "TimeoutOptions",

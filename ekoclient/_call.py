@@ -7,14 +7,20 @@ and async executors run the same descriptions, so each endpoint is defined exact
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import json
+import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
+from pydantic import BaseModel
+
 from ._http import Response
-from .errors import InvalidArgumentError
+from .errors import APIError, EkoError, InvalidArgumentError
 
 T = TypeVar("T")
 
@@ -30,7 +36,8 @@ class Call(Generic[T]):
     ``replayable`` is False only for bodies that are consumed as they are sent (an iterator
     of bytes): such a call cannot be retried once it started sending. ``read_only`` marks a
     query sent as POST (``find``): it changes nothing, so it needs no Idempotency-Key, and
-    sending one would make the server store every answer.
+    sending one would make the server store every answer. ``explain`` may rewrite an error
+    answer with what the SDK knows and the server could not say (a HEAD 404 has no body).
     """
 
     method: str
@@ -43,6 +50,7 @@ class Call(Generic[T]):
     stream: bool = False
     replayable: bool = True
     read_only: bool = False
+    explain: Callable[[APIError], EkoError] | None = None
 
     @property
     def is_write(self) -> bool:
@@ -51,6 +59,20 @@ class Call(Generic[T]):
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def json_default(value: Any) -> Any:
+    """JSON for the values pydantic would also write: models, dates and times (ISO 8601),
+    UUIDs and Decimals (as strings, so no digit is lost), enums (their value)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, Decimal)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def json_call(
@@ -67,7 +89,8 @@ def json_call(
     if body is None:
         return Call(method, path, parse, params=params, auth=auth, read_only=read_only)
     try:
-        content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        content = json.dumps(body, separators=(",", ":"), allow_nan=False,
+                             default=json_default).encode()
     except ValueError as exc:
         raise InvalidArgumentError(f"the request body cannot be sent as JSON: {exc}") from exc
     except TypeError as exc:

@@ -4,19 +4,24 @@ A :class:`Client` owns one executor: one connection pool, one token cache, one r
 Everything reachable from it — its own services and every view from
 ``Authenticator(client).using_credentials(key)`` — runs over that executor. A view is just
 (executor, credential): creating one opens no connection and fetches no token.
+
+``with_options`` and ``with_raw_response`` give the same object over a derived executor
+(see :mod:`ekoclient._options`), so both work on clients and views alike and share the pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import cached_property
 from types import TracebackType
-from typing import Any, Generic
+from typing import Any, Generic, overload
 
-from typing_extensions import Self
+from pydantic import ValidationError as PydanticValidationError
+from typing_extensions import Self, Unpack
 
 from ._config import (
     ClientBuilder,
+    ClientKwargs,
     ClientOptions,
     PoolOptions,
     RateLimitOptions,
@@ -26,13 +31,38 @@ from ._config import (
 )
 from ._executor import AsyncExecutor, SyncExecutor
 from ._hosts import HostDiscovery, HostStatus
-from ._service import E
+from ._observe import RequestHook, ResponseHook
+from ._options import RawResponse, check_extra_headers
+from ._service import E, Service, endpoint
 from ._services.admin import Admin
 from ._services.blobstore import BlobStore
 from ._services.databus import DataBus
 from ._services.datastore import DataStore
 from ._services.queue import DedupQueue, Queue
 from ._tokens import Credential, RateLimitInfo
+from .errors import ConfigurationError
+
+
+def _timeouts(timeout: float | TimeoutOptions | Mapping[str, Any],
+              current: tuple[float, float, float, float]
+              ) -> tuple[float, float, float, float]:
+    """A per-call timeout: one number for every phase, a TimeoutOptions, or some of its
+    fields (the others stay as they are now)."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        if timeout <= 0:
+            raise ConfigurationError("timeout must be a positive number of seconds")
+        t = float(timeout)
+        return (t, t, t, t)
+    if isinstance(timeout, Mapping):
+        try:
+            phases = dict(zip(("connect", "read", "write", "pool"), current, strict=True))
+            timeout = TimeoutOptions(**{**phases, **timeout})
+        except (PydanticValidationError, TypeError) as exc:
+            raise ConfigurationError(f"invalid timeout {dict(timeout)!r}: {exc}") from None
+    if not isinstance(timeout, TimeoutOptions):
+        raise ConfigurationError(
+            "timeout is seconds, a TimeoutOptions or a mapping of its fields")
+    return (timeout.connect, timeout.read, timeout.write, timeout.pool)
 
 
 class ServiceSet(Generic[E]):
@@ -66,6 +96,47 @@ class ServiceSet(Generic[E]):
     def blobstore(self) -> BlobStore[E]:
         return BlobStore(self._executor, self._credential)
 
+    def _derive(self, executor: E) -> Self:
+        """The same services over a derived executor (views: a new view; clients: a copy)."""
+        return type(self)(executor, self._credential)
+
+    def with_options(
+        self,
+        *,
+        timeout: float | TimeoutOptions | Mapping[str, Any] | None = None,
+        max_retries: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Self:
+        """A copy whose calls use these options; it shares the pool, tokens and hosts.
+
+        ``timeout`` is seconds for every phase (or per phase as TimeoutOptions fields),
+        ``max_retries`` the retries after the first attempt (0 = no retry), and
+        ``extra_headers`` are added to every request. Cheap: make one per call if you like.
+        """
+        if max_retries is not None and (isinstance(max_retries, bool)
+                                        or not isinstance(max_retries, int)
+                                        or not 0 <= max_retries <= 49):
+            raise ConfigurationError("max_retries must be an integer from 0 to 49")
+        executor = self._executor.derive(
+            timeouts=_timeouts(timeout, self._current_timeouts()) if timeout is not None
+            else None,
+            max_retries=max_retries,
+            extra_headers=check_extra_headers(extra_headers) if extra_headers else None)
+        return self._derive(executor)
+
+    def _current_timeouts(self) -> tuple[float, float, float, float]:
+        given = self._executor.call_options.timeouts
+        if given is not None:
+            return given
+        t = self._executor.options.timeout
+        return (t.connect, t.read, t.write, t.pool)
+
+    @property
+    def with_raw_response(self) -> RawServices[E]:
+        """The services whose endpoint methods return a :class:`RawResponse` (status,
+        headers, request id, and the parsed result as ``.parsed``)."""
+        return RawServices(self._derive(self._executor.derive(raw=True)))
+
     @property
     def rate_limit(self) -> RateLimitInfo | None:
         """Rate-limit figures of the last answer for this credential that carried them."""
@@ -75,11 +146,91 @@ class ServiceSet(Generic[E]):
         return state.rate_limit if state is not None else None
 
 
-class CredentialsView(ServiceSet[E]):
+class _RawMethods(Generic[E]):
+    """One service whose endpoint methods answer with a RawResponse."""
+
+    __slots__ = ("_service",)
+    _service: Service[E]
+
+    def __init__(self, service: Service[E]) -> None:
+        self._service = service
+
+    @overload
+    def __getattr__(self: _RawMethods[SyncExecutor], name: str
+                    ) -> Callable[..., RawResponse[Any]]: ...
+    @overload
+    def __getattr__(self: _RawMethods[AsyncExecutor], name: str
+                    ) -> Callable[..., Awaitable[RawResponse[Any]]]: ...
+
+    def __getattr__(self, name: str) -> Any:
+        service = self._service
+        if not isinstance(getattr(type(service), name, None), endpoint):
+            if name.startswith("_") or not hasattr(service, name):
+                raise AttributeError(name)
+            raise AttributeError(
+                f"{type(service).__name__}.{name} has no raw form (it streams, pages or "
+                "runs a loop); call it on the client itself")
+        return getattr(service, name)
+
+    def __dir__(self) -> list[str]:
+        return [n for n in dir(type(self._service))
+                if isinstance(getattr(type(self._service), n, None), endpoint)]
+
+
+class RawServices(Generic[E]):
+    """``client.with_raw_response``: ``.datastore.get(...)`` etc. return RawResponse."""
+
+    __slots__ = ("_set",)
+    _set: ServiceSet[E]
+
+    def __init__(self, services: ServiceSet[E]) -> None:
+        self._set = services
+
+    @property
+    def admin(self) -> _RawMethods[E]:
+        return _RawMethods(self._set.admin)
+
+    @property
+    def databus(self) -> _RawMethods[E]:
+        return _RawMethods(self._set.databus)
+
+    @property
+    def datastore(self) -> _RawMethods[E]:
+        return _RawMethods(self._set.datastore)
+
+    @property
+    def queue(self) -> _RawMethods[E]:
+        return _RawMethods(self._set.queue)
+
+    @property
+    def dedup_queue(self) -> _RawMethods[E]:
+        return _RawMethods(self._set.dedup_queue)
+
+    @property
+    def blobstore(self) -> _RawMethods[E]:
+        return _RawMethods(self._set.blobstore)
+
+    def __getattr__(self, name: str) -> _RawMethods[E]:
+        """Services added later (kv, ...) too."""
+        service = getattr(self._set, name)
+        if not isinstance(service, Service):
+            raise AttributeError(name)
+        return _RawMethods(service)
+
+
+class _View(ServiceSet[E]):
     """The services as seen by one API key, over its client's shared pool."""
 
     def __repr__(self) -> str:
-        return f"<CredentialsView {self._credential!r}>"
+        return f"<{type(self).__name__} {self._credential!r}>"
+
+
+class CredentialsView(_View[SyncExecutor]):
+    """What ``Authenticator(client).using_credentials(key)`` returns: blocking services."""
+
+
+class AsyncCredentialsView(_View[AsyncExecutor]):
+    """What ``AsyncAuthenticator(client).using_credentials(key)`` returns: async services."""
 
 
 class _ClientBase(ServiceSet[E]):
@@ -104,6 +255,9 @@ class _ClientBase(ServiceSet[E]):
         host_cooldown: float | None = None,
         host_max_cooldown: float | None = None,
         discovery: HostDiscovery | None = None,
+        on_request: RequestHook | list[RequestHook] | None = None,
+        on_response: ResponseHook | list[ResponseHook] | None = None,
+        tracing: bool | None = None,
         options: ClientOptions | None = None,
     ) -> None:
         if options is None:
@@ -114,6 +268,7 @@ class _ClientBase(ServiceSet[E]):
                 token_cache_size=token_cache_size, user_agent_suffix=user_agent_suffix,
                 event_hooks=event_hooks, transport=transport, host_cooldown=host_cooldown,
                 host_max_cooldown=host_max_cooldown, discovery=discovery,
+                on_request=on_request, on_response=on_response, tracing=tracing,
             )
         self.options = options
         key = options.api_key.get_secret_value() if options.api_key is not None else None
@@ -123,13 +278,22 @@ class _ClientBase(ServiceSet[E]):
     def _make_executor(self, options: ClientOptions) -> E:
         raise NotImplementedError
 
+    def _derive(self, executor: E) -> Self:
+        new = object.__new__(type(self))
+        # cached services are bound to the old executor: leave them out
+        new.__dict__.update({k: v for k, v in self.__dict__.items()
+                             if not isinstance(v, Service)})
+        new._executor = executor
+        return new
+
     @classmethod
     def builder(cls) -> ClientBuilder[Self]:
         """Fluent construction; ends with ``.build()``."""
         return ClientBuilder(cls)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Unpack[ClientKwargs]) -> Self:
         """A client from ``EKODB_URL``, ``EKODB_API_KEY`` and ``EKODB_CA_BUNDLE``."""
         return cls(**options_from_env(environ, **overrides))
 
@@ -183,24 +347,37 @@ class AsyncClient(_ClientBase[AsyncExecutor]):
         await self.aclose()
 
 
-class _AuthenticatorBase(Generic[E]):
-    def __init__(self, client: _ClientBase[E]) -> None:
-        self._executor: E = client._executor
+def _client_of(client: object, wanted: type[_ClientBase[Any]], who: str) -> Any:
+    """Refuse the wrong flavour at once, not at the first call deep inside a request."""
+    if isinstance(client, wanted):
+        return client._executor
+    if isinstance(client, AsyncClient):
+        hint = "; for an AsyncClient use AsyncAuthenticator(async_client)"
+    elif isinstance(client, Client):
+        hint = "; for a Client use Authenticator(client)"
+    else:
+        hint = ""
+    raise ConfigurationError(f"{who} needs a {wanted.__name__}, got a "
+                             f"{type(client).__name__}{hint}")
 
-    def using_credentials(self, api_key: str) -> CredentialsView[E]:
+
+class Authenticator:
+    """Hands out per-key views of a :class:`Client`, all over its one pool."""
+
+    def __init__(self, client: Client) -> None:
+        self._executor: SyncExecutor = _client_of(client, Client, "Authenticator")
+
+    def using_credentials(self, api_key: str) -> CredentialsView:
         """The services as ``api_key`` sees them. Cheap: no connection, no token yet."""
         return CredentialsView(self._executor, Credential(api_key))
 
 
-class Authenticator(_AuthenticatorBase[SyncExecutor]):
-    """Hands out per-key views of a :class:`Client`, all over its one pool."""
-
-    def __init__(self, client: Client) -> None:
-        super().__init__(client)
-
-
-class AsyncAuthenticator(_AuthenticatorBase[AsyncExecutor]):
+class AsyncAuthenticator:
     """Hands out per-key views of an :class:`AsyncClient`, all over its one pool."""
 
     def __init__(self, client: AsyncClient) -> None:
-        super().__init__(client)
+        self._executor: AsyncExecutor = _client_of(client, AsyncClient, "AsyncAuthenticator")
+
+    def using_credentials(self, api_key: str) -> AsyncCredentialsView:
+        """The services as ``api_key`` sees them. Cheap: no connection, no token yet."""
+        return AsyncCredentialsView(self._executor, Credential(api_key))

@@ -10,7 +10,7 @@ import ipaddress
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -23,7 +23,7 @@ from .errors import ConfigurationError
 class RetryOptions(BaseModel):
     """Exponential backoff with full jitter; see :mod:`ekoclient._retry`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     max_attempts: int = Field(5, ge=1, le=50)
     initial: float = Field(0.05, gt=0, le=60)
@@ -43,7 +43,7 @@ class PoolOptions(BaseModel):
     handshake for most calls under load.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     max_connections: int = Field(100, ge=1)
     max_keepalive: int = Field(100, ge=0)
@@ -51,7 +51,7 @@ class PoolOptions(BaseModel):
 
 
 class TimeoutOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     connect: float = Field(5.0, gt=0)
     read: float = Field(30.0, gt=0)
@@ -62,7 +62,7 @@ class TimeoutOptions(BaseModel):
 class RateLimitOptions(BaseModel):
     """Client-side pacing from the server's X-RateLimit-* figures; see ekoclient._pacing."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
     #: Hold calls of a credential whose budget runs low instead of bouncing off 429s.
     adaptive: bool = False
@@ -70,6 +70,10 @@ class RateLimitOptions(BaseModel):
     headroom: float = Field(0.2, ge=0, le=1)
     #: Longest a single call is held.
     max_delay: float = Field(60.0, gt=0)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _is_loopback(host: str) -> bool:
@@ -102,7 +106,8 @@ def _check_plain_http_url(url: str, allow_insecure: bool) -> None:
 class ClientOptions(BaseModel):
     """Everything a client can be told. Built by the constructor, builder or ``from_env``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True,
+                                                    arbitrary_types_allowed=True)
 
     hosts: tuple[str, ...]
     api_key: SecretStr | None = None
@@ -122,6 +127,12 @@ class ClientOptions(BaseModel):
     host_max_cooldown: float = Field(30.0, gt=0)
     #: A :class:`ekoclient.HostDiscovery`; ``hosts`` then holds its first answer.
     discovery: Any = None
+    #: Called before each attempt with a RequestInfo (Authorization redacted).
+    on_request: tuple[Callable[..., Any], ...] = ()
+    #: Called with each answer's ResponseInfo, retried error answers included.
+    on_response: tuple[Callable[..., Any], ...] = ()
+    #: OpenTelemetry spans per call (needs the ``otel`` extra); EKOCLIENT_TRACING=1 too.
+    tracing: bool = Field(default_factory=lambda: _env_flag("EKOCLIENT_TRACING"))
 
     @field_validator("hosts")
     @classmethod
@@ -129,6 +140,13 @@ class ClientOptions(BaseModel):
         if not hosts:
             raise ValueError("give a base_url or at least one host")
         return tuple(_check_url(url) for url in hosts)
+
+    @field_validator("on_request", "on_response", mode="before")
+    @classmethod
+    def _one_or_many(cls, hooks: Any) -> Any:
+        if hooks is None:
+            return ()
+        return (hooks,) if callable(hooks) else tuple(hooks)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -196,6 +214,37 @@ def _first_hosts(discovery: Any) -> tuple[str, ...]:
 C = TypeVar("C")
 
 
+def _given(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A builder method's keyword arguments that were actually given."""
+    return {k: v for k, v in arguments.items() if k != "self" and v is not None}
+
+
+class ClientKwargs(TypedDict, total=False):
+    """The keyword options of ``Client(...)``, for typed ``Client.from_env(**overrides)``."""
+
+    base_url: str
+    hosts: list[str] | tuple[str, ...]
+    api_key: str
+    ca_bundle: str
+    verify: bool
+    allow_insecure: bool
+    retry: RetryOptions | Mapping[str, Any]
+    pool: PoolOptions | Mapping[str, Any]
+    timeout: float | TimeoutOptions | Mapping[str, Any]
+    rate_limit: RateLimitOptions | Mapping[str, Any]
+    token_refresh_margin: float
+    token_cache_size: int
+    user_agent_suffix: str
+    event_hooks: Mapping[str, list[Callable[..., Any]]]
+    transport: Any
+    host_cooldown: float
+    host_max_cooldown: float
+    discovery: Any
+    on_request: Callable[..., Any] | list[Callable[..., Any]]
+    on_response: Callable[..., Any] | list[Callable[..., Any]]
+    tracing: bool
+
+
 class ClientBuilder(Generic[C]):
     """Fluent construction: ``Client.builder().base_url(u).api_key(k).build()``."""
 
@@ -243,21 +292,31 @@ class ClientBuilder(Generic[C]):
         self._options["allow_insecure"] = allow
         return self
 
-    def retry(self, **options: Any) -> ClientBuilder[C]:
-        self._options["retry"] = options
+    def retry(self, *, max_attempts: int | None = None, initial: float | None = None,
+              maximum: float | None = None, max_elapsed: float | None = None,
+              retry_after_cap: float | None = None, budget_capacity: float | None = None,
+              budget_ratio: float | None = None, budget_per_second: float | None = None
+              ) -> ClientBuilder[C]:
+        """Retry policy (see RetryOptions); unset fields keep their defaults."""
+        self._options["retry"] = _given(locals())
         return self
 
-    def pool(self, **options: Any) -> ClientBuilder[C]:
-        self._options["pool"] = options
+    def pool(self, *, max_connections: int | None = None, max_keepalive: int | None = None,
+             keepalive_expiry: float | None = None) -> ClientBuilder[C]:
+        """Connection pool limits (see PoolOptions)."""
+        self._options["pool"] = _given(locals())
         return self
 
-    def timeout(self, **options: Any) -> ClientBuilder[C]:
-        self._options["timeout"] = options
+    def timeout(self, *, connect: float | None = None, read: float | None = None,
+                write: float | None = None, pool: float | None = None) -> ClientBuilder[C]:
+        """Seconds per phase (see TimeoutOptions)."""
+        self._options["timeout"] = _given(locals())
         return self
 
-    def rate_limit(self, **options: Any) -> ClientBuilder[C]:
+    def rate_limit(self, *, adaptive: bool | None = None, headroom: float | None = None,
+                   max_delay: float | None = None) -> ClientBuilder[C]:
         """Client-side pacing, e.g. ``.rate_limit(adaptive=True)`` (see RateLimitOptions)."""
-        self._options["rate_limit"] = options
+        self._options["rate_limit"] = _given(locals())
         return self
 
     def token_refresh_margin(self, seconds: float) -> ClientBuilder[C]:
@@ -274,6 +333,21 @@ class ClientBuilder(Generic[C]):
 
     def event_hooks(self, hooks: Mapping[str, list[Callable[..., Any]]]) -> ClientBuilder[C]:
         self._options["event_hooks"] = hooks
+        return self
+
+    def on_request(self, hook: Callable[..., Any]) -> ClientBuilder[C]:
+        """Call ``hook(RequestInfo)`` before every attempt (may be given more than once)."""
+        self._options["on_request"] = (*self._options.get("on_request", ()), hook)
+        return self
+
+    def on_response(self, hook: Callable[..., Any]) -> ClientBuilder[C]:
+        """Call ``hook(ResponseInfo)`` after every answer (may be given more than once)."""
+        self._options["on_response"] = (*self._options.get("on_response", ()), hook)
+        return self
+
+    def tracing(self, enabled: bool = True) -> ClientBuilder[C]:
+        """OpenTelemetry spans per call (``pip install 'ekoclient[otel]'``)."""
+        self._options["tracing"] = enabled
         return self
 
     def transport(self, transport: Any) -> ClientBuilder[C]:

@@ -4,11 +4,17 @@ All decisions live in :class:`ExecutorCore` and are free of I/O: what headers to
 answer means (done, refresh the token and replay, wait and retry, or raise), how a token
 exchange is read. :class:`SyncExecutor` and :class:`AsyncExecutor` only add the I/O, the
 sleeping and the locking, each in a loop of a few lines, so the two cannot drift apart.
+
+``with_options``/``with_raw_response`` derive an executor (:meth:`ExecutorCore.derive`): a
+shallow copy sharing every piece of state (pool, tokens, hosts, budget, lifecycle) with its
+own :class:`~ekoclient._options.CallOptions` and retry policy. Token exchanges always run on
+the root executor, so a derived one never changes how keys are exchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -16,10 +22,24 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from typing_extensions import Self
+
 from ._call import Call, json_call
 from ._config import ClientOptions
 from ._hosts import HostPool
 from ._http import AsyncTransport, Response, SyncTransport, ssl_context
+from ._observe import (
+    Observer,
+    RequestInfo,
+    ResponseInfo,
+    configure_logging_from_env,
+    log_request,
+    log_response,
+    redact,
+    span_answer,
+    span_attempt,
+)
+from ._options import CallOptions, RawResponse, raw_headers
 from ._pacing import pace
 from ._retry import (
     RETRYABLE_STATUSES,
@@ -32,8 +52,10 @@ from ._tokens import Credential, CredentialState, RateLimitInfo, TokenCache
 from .errors import (
     APIError,
     AuthenticationError,
+    ClientClosedError,
     ConfigurationError,
     EkoError,
+    EventLoopError,
     MalformedResponseError,
     TransportError,
     error_from_response,
@@ -61,11 +83,29 @@ def _parse_token(response: Response) -> str:
     return token
 
 
+class Lifecycle:
+    """State every derived copy of an executor shares: closed yet, and (async) whose loop."""
+
+    __slots__ = ("closed", "loop")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
 class ExecutorCore:
     """The I/O-free half of an executor, shared by the sync and async flavours."""
 
+    is_async: bool
+
     def __init__(self, options: ClientOptions) -> None:
+        configure_logging_from_env()
         self.options = options
+        self.lifecycle = Lifecycle()
+        self.call_options = CallOptions()
+        self.root: Any = self  # the executor this one was derived from (or itself)
+        self.observer = Observer.build(list(options.on_request), list(options.on_response),
+                                       options.tracing)
         discovery = options.discovery
         refresh = getattr(discovery, "refresh_interval", None) if discovery else None
         self.hosts = HostPool(options.hosts, cooldown=options.host_cooldown,
@@ -74,19 +114,47 @@ class ExecutorCore:
                               on_refresh=self.start_refresh if refresh else None)
         self.tokens = TokenCache(options.token_cache_size)
         r = options.retry
-        self.policy = RetryPolicy(
+        self.policy = self.make_policy(
+            r, RetryBudget(capacity=r.budget_capacity, ratio=r.budget_ratio,
+                           per_second=r.budget_per_second))
+        self._margin = options.token_refresh_margin
+        # client-side pacing from X-RateLimit-* (opt-in); None keeps the hot path bare
+        self.pacing = options.rate_limit if options.rate_limit.adaptive else None
+        self._pace_lock = threading.Lock()
+
+    @staticmethod
+    def make_policy(r: Any, budget: RetryBudget) -> RetryPolicy:
+        return RetryPolicy(
             max_attempts=r.max_attempts,
             initial=r.initial,
             maximum=r.maximum,
             max_elapsed=r.max_elapsed,
             retry_after_cap=r.retry_after_cap,
-            budget=RetryBudget(capacity=r.budget_capacity, ratio=r.budget_ratio,
-                               per_second=r.budget_per_second),
+            budget=budget,
         )
-        self._margin = options.token_refresh_margin
-        # client-side pacing from X-RateLimit-* (opt-in); None keeps the hot path bare
-        self.pacing = options.rate_limit if options.rate_limit.adaptive else None
-        self._pace_lock = threading.Lock()
+
+    def derive(self, *, timeouts: tuple[float, float, float, float] | None = None,
+               max_retries: int | None = None, extra_headers: Mapping[str, str] | None = None,
+               raw: bool | None = None) -> Self:
+        """A copy sharing all state, with these per-call options on top of this one's."""
+        new = copy.copy(self)
+        opts = self.call_options
+        new.call_options = CallOptions(
+            timeouts=timeouts if timeouts is not None else opts.timeouts,
+            extra_headers={**opts.extra_headers, **(extra_headers or {})},
+            raw=opts.raw if raw is None else raw,
+        )
+        if max_retries is not None:
+            retry = self.options.retry.model_copy(update={"max_attempts": max_retries + 1})
+            new.policy = self.make_policy(retry, self.policy.budget)
+        return new
+
+    def closed_error(self) -> ClientClosedError:
+        kind = "AsyncClient" if self.is_async else "Client"
+        return ClientClosedError(
+            f"this {kind} is closed: create a new {kind}, or make every call inside its "
+            f"`{'async with' if self.is_async else 'with'}` block (closing a client also "
+            "closes every view and with_options() copy of it)")
 
     def transport_kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -132,12 +200,12 @@ class ExecutorCore:
         error.__cause__ = exc
         return error
 
-    @staticmethod
-    def headers(call: Call[Any], token: str | None, idempotency_key: str | None
+    def headers(self, call: Call[Any], token: str | None, idempotency_key: str | None
                 ) -> Mapping[str, str]:
-        if token is None and idempotency_key is None:
+        extra = self.call_options.extra_headers
+        if token is None and idempotency_key is None and not extra:
             return call.headers
-        headers = dict(call.headers)
+        headers = {**call.headers, **extra} if extra else dict(call.headers)
         if token is not None:
             headers["Authorization"] = "Bearer " + token
         if idempotency_key is not None:
@@ -145,16 +213,43 @@ class ExecutorCore:
         return headers
 
     @staticmethod
-    def idempotency_key(call: Call[Any]) -> str | None:
-        """One key per logical write, kept across all of its retries."""
-        return uuid.uuid4().hex if call.is_write else None
+    def idempotency_key(call: Call[Any], given: str | None = None) -> str | None:
+        """One key per logical write, kept across all of its retries (the caller's if given)."""
+        if not call.is_write:
+            return None
+        return given if given is not None else uuid.uuid4().hex
+
+    def sending(self, call: Call[Any], url: str, headers: Mapping[str, str], attempt: int,
+                operation: str | None, idem: str | None, span: Any) -> RequestInfo:
+        """Tell the hooks, the debug log and the span about an attempt."""
+        info = RequestInfo(call.method, url, redact(headers), attempt, operation, idem)
+        if logger.isEnabledFor(logging.DEBUG):
+            log_request(info)
+        span_attempt(span, url, attempt)
+        if self.observer is not None:
+            self.observer.request(info)
+        return info
+
+    def answered(self, info: RequestInfo, response: Response, started: float, span: Any
+                 ) -> None:
+        rid = response.headers.get("x-request-id")
+        if logger.isEnabledFor(logging.DEBUG):
+            log_response(info.method, info.url, response.status_code, rid, started)
+        span_answer(span, response.status_code, rid)
+        if self.observer is not None and self.observer.on_response:
+            self.observer.response(ResponseInfo(info, response.status_code,
+                                                dict(response.headers), rid,
+                                                time.perf_counter() - started))
+
+    @staticmethod
+    def raw(response: Response, result: Any, attempts: int, started: float) -> Any:
+        return RawResponse(response.status_code, raw_headers(response.headers),
+                           response.headers.get("x-request-id"), result, attempts,
+                           time.perf_counter() - started)
 
     def succeeded(self, call: Call[Any], host: str, response: Response,
                   credential: Credential | None) -> None:
         self.policy.budget.deposit()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s -> %s (request id %s)", call.method, call.path,
-                         response.status_code, response.headers.get("x-request-id"))
         self.hosts.succeeded(host)
         if credential is not None:
             headers = response.headers
@@ -334,10 +429,26 @@ class SyncExecutor(ExecutorCore):
         else:
             self.refresh_done(urls, None)
 
-    def execute(self, call: Call[T], credential: Credential | None) -> T:
+    def execute(self, call: Call[T], credential: Credential | None, *,
+                idempotency_key: str | None = None, operation: str | None = None,
+                target: str | None = None) -> T:
+        """Run one call: pick a host, authenticate, retry by the policy, parse the answer."""
+        if self.lifecycle.closed:
+            raise self.closed_error()
+        observer = self.observer
+        if observer is None or observer.tracer is None:
+            return self._execute(call, credential, idempotency_key, operation, None)
+        with observer.span(call.method, operation, target) as span:
+            return self._execute(call, credential, idempotency_key, operation, span)
+
+    def _execute(self, call: Call[T], credential: Credential | None, given_key: str | None,
+                 operation: str | None, span: Any) -> T:
         retry = self.policy.start(time.monotonic())
-        idem = self.idempotency_key(call)
+        idem = self.idempotency_key(call, given_key)
+        options = self.call_options
+        observe = self.observer is not None or logger.isEnabledFor(logging.DEBUG)
         refreshed = False
+        attempt = 0
         while True:
             if self.pacing is not None and call.auth and credential is not None:
                 wait = self.pace_delay(credential)
@@ -345,10 +456,17 @@ class SyncExecutor(ExecutorCore):
                     time.sleep(wait)
             host = self.hosts.pick()
             token = self.token(credential) if call.auth else None
+            url = host + call.path
+            headers = self.headers(call, token, idem)
+            attempt += 1
+            if observe:
+                info = self.sending(call, url, headers, attempt, operation, idem, span)
+            started = time.perf_counter()
             try:
                 response = self.transport.send(
-                    call.method, host + call.path, self.headers(call, token, idem),
-                    call.params, call.content, call.stream)  # type: ignore[arg-type]
+                    call.method, url, headers, call.params,
+                    call.content, call.stream,  # type: ignore[arg-type]
+                    timeout=options.timeouts)
                 if response.status_code >= 400:
                     try:
                         body = self.transport.read(response)
@@ -360,13 +478,26 @@ class SyncExecutor(ExecutorCore):
                     raise self.gave_up(call, exc, retry)  # noqa: B904 - cause set inside
                 time.sleep(delay)
                 continue
+            except RuntimeError as exc:
+                if self.lifecycle.closed:  # closed by another thread while this call ran
+                    raise self.closed_error() from exc
+                raise
+            if observe:
+                try:
+                    self.answered(info, response, started, span)
+                except BaseException:
+                    response.close()  # a failing hook must not leak a streamed connection
+                    raise
             if response.status_code < 400:
                 self.succeeded(call, host, response, credential)
                 try:
-                    return call.parse(response)
+                    result = call.parse(response)
                 except Exception as exc:
                     response.close()
                     raise self.malformed(call, response, exc) from exc
+                if options.raw:
+                    return self.raw(response, result, attempt, started)  # type: ignore[no-any-return]
+                return result
             verdict, value = self.judge(call, host, response, body, credential, retry,
                                         refreshed)
             if verdict == RETRY:
@@ -375,7 +506,7 @@ class SyncExecutor(ExecutorCore):
             if verdict != RAISE:
                 self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
             if verdict != REFRESH:
-                raise value
+                raise call.explain(value) if call.explain is not None else value
             refreshed = True
 
     def token(self, credential: Credential | None) -> str:
@@ -400,13 +531,14 @@ class SyncExecutor(ExecutorCore):
         try:
             if usable is not None and (token := state.fresh(time.monotonic())) is not None:
                 return token  # another thread refreshed between our check and our lock
-            return self.store_token(state, self.execute(_exchange_call(credential), None))
+            return self.store_token(state, self.root.execute(_exchange_call(credential), None))
         except EkoError as exc:
             return self.exchange_failed(state, credential, exc)
         finally:
             lock.release()
 
     def close(self) -> None:
+        self.lifecycle.closed = True
         self.transport.close()
 
 
@@ -449,10 +581,36 @@ class AsyncExecutor(ExecutorCore):
         else:
             self.refresh_done(urls, None)
 
-    async def execute(self, call: Call[T], credential: Credential | None) -> T:
+    async def execute(self, call: Call[T], credential: Credential | None, *,
+                      idempotency_key: str | None = None, operation: str | None = None,
+                      target: str | None = None) -> T:
+        """Run one call: pick a host, authenticate, retry by the policy, parse the answer."""
+        lifecycle = self.lifecycle
+        if lifecycle.closed:
+            raise self.closed_error()
+        loop = asyncio.get_running_loop()
+        if lifecycle.loop is not loop:
+            if lifecycle.loop is not None:
+                raise EventLoopError(
+                    "this AsyncClient was first used on another event loop, and its "
+                    "connections and locks belong to that loop: create one AsyncClient per "
+                    "event loop (for example inside the coroutine given to asyncio.run), or "
+                    "use the blocking Client from threads")
+            lifecycle.loop = loop
+        observer = self.observer
+        if observer is None or observer.tracer is None:
+            return await self._execute(call, credential, idempotency_key, operation, None)
+        with observer.span(call.method, operation, target) as span:
+            return await self._execute(call, credential, idempotency_key, operation, span)
+
+    async def _execute(self, call: Call[T], credential: Credential | None,
+                       given_key: str | None, operation: str | None, span: Any) -> T:
         retry = self.policy.start(time.monotonic())
-        idem = self.idempotency_key(call)
+        idem = self.idempotency_key(call, given_key)
+        options = self.call_options
+        observe = self.observer is not None or logger.isEnabledFor(logging.DEBUG)
         refreshed = False
+        attempt = 0
         while True:
             if self.pacing is not None and call.auth and credential is not None:
                 wait = self.pace_delay(credential)
@@ -460,10 +618,16 @@ class AsyncExecutor(ExecutorCore):
                     await asyncio.sleep(wait)
             host = self.hosts.pick()
             token = await self.token(credential) if call.auth else None
+            url = host + call.path
+            headers = self.headers(call, token, idem)
+            attempt += 1
+            if observe:
+                info = self.sending(call, url, headers, attempt, operation, idem, span)
+            started = time.perf_counter()
             try:
                 response = await self.transport.send(
-                    call.method, host + call.path, self.headers(call, token, idem),
-                    call.params, call.content, call.stream)
+                    call.method, url, headers, call.params, call.content, call.stream,
+                    timeout=options.timeouts)
                 if response.status_code >= 400:
                     try:
                         body = await self.transport.read(response)
@@ -475,13 +639,26 @@ class AsyncExecutor(ExecutorCore):
                     raise self.gave_up(call, exc, retry)  # noqa: B904 - cause set inside
                 await asyncio.sleep(delay)
                 continue
+            except RuntimeError as exc:
+                if self.lifecycle.closed:  # closed by another task while this call ran
+                    raise self.closed_error() from exc
+                raise
+            if observe:
+                try:
+                    self.answered(info, response, started, span)
+                except BaseException:
+                    await response.aclose()  # a failing hook must not leak a connection
+                    raise
             if response.status_code < 400:
                 self.succeeded(call, host, response, credential)
                 try:
-                    return call.parse(response)
+                    result = call.parse(response)
                 except Exception as exc:
                     await response.aclose()
                     raise self.malformed(call, response, exc) from exc
+                if options.raw:
+                    return self.raw(response, result, attempt, started)  # type: ignore[no-any-return]
+                return result
             verdict, value = self.judge(call, host, response, body, credential, retry,
                                         refreshed)
             if verdict == RETRY:
@@ -490,7 +667,7 @@ class AsyncExecutor(ExecutorCore):
             if verdict != RAISE:
                 self.tokens.state(credential).invalidate(token)  # type: ignore[arg-type]
             if verdict != REFRESH:
-                raise value
+                raise call.explain(value) if call.explain is not None else value
             refreshed = True
 
     async def token(self, credential: Credential | None) -> str:
@@ -514,13 +691,15 @@ class AsyncExecutor(ExecutorCore):
                 lock.release()
                 return self.after_wait(state) or await self.token(credential)
         try:
-            return self.store_token(state, await self.execute(_exchange_call(credential), None))
+            return self.store_token(
+                state, await self.root.execute(_exchange_call(credential), None))
         except EkoError as exc:
             return self.exchange_failed(state, credential, exc)
         finally:
             lock.release()
 
     async def aclose(self) -> None:
+        self.lifecycle.closed = True
         for task in list(self._background):
             task.cancel()
         await self.transport.aclose()

@@ -59,6 +59,17 @@ def _client_kwargs(
     }
 
 
+_NO_OVERRIDE: dict[str, Any] = {}
+
+
+def _per_call(timeout: tuple[float, float, float, float] | None) -> dict[str, Any]:
+    """``build_request`` keywords for a per-call timeout (``with_options(timeout=...)``)."""
+    if timeout is None:
+        return _NO_OVERRIDE
+    connect, read, write, pool = timeout
+    return {"timeout": httpx.Timeout(connect=connect, read=read, write=write, pool=pool)}
+
+
 def _failure(exc: httpx.HTTPError, method: str, url: str) -> TransportError:
     kind = type(exc).__name__
     if isinstance(exc, httpx.DecodingError):
@@ -83,10 +94,12 @@ class SyncTransport:
         params: Mapping[str, Any] | None,
         content: bytes | Iterable[bytes] | None,
         stream: bool = False,
+        timeout: tuple[float, float, float, float] | None = None,
     ) -> Response:
         try:
             request = self._client.build_request(
-                method, url, headers=headers, params=params, content=content
+                method, url, headers=headers, params=params, content=content,
+                **_per_call(timeout),
             )
             return self._client.send(request, stream=stream)
         except httpx.HTTPError as exc:
@@ -124,10 +137,12 @@ class AsyncTransport:
         params: Mapping[str, Any] | None,
         content: bytes | AsyncIterable[bytes] | Iterable[bytes] | None,
         stream: bool = False,
+        timeout: tuple[float, float, float, float] | None = None,
     ) -> Response:
         try:
             request = self._client.build_request(
-                method, url, headers=headers, params=params, content=content
+                method, url, headers=headers, params=params, content=content,
+                **_per_call(timeout),
             )
             return await self._client.send(request, stream=stream)
         except httpx.HTTPError as exc:

@@ -12,7 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ._call import Call
 from ._executor import AsyncExecutor, SyncExecutor
-from ._service import Service
+from ._service import MethodFace, Service, public_signature
 from ._tokens import Credential
 
 P = ParamSpec("P")
@@ -61,12 +61,15 @@ async def _aiterate(pager: Pager[T], executor: AsyncExecutor, credential: Creden
             yield item
 
 
-class paged(Generic[P, T]):
+class paged(MethodFace, Generic[P, T]):
     """Attach a pager-building function as an iterating method."""
+
+    returns_sync = "Iterator[{}]"
+    returns_async = "AsyncIterator[{}]"
 
     def __init__(self, build: Callable[P, Pager[T]]) -> None:
         self._build = build
-        self.__doc__ = build.__doc__
+        self.init_face(build, public_signature(build, unwrap="Pager"))
 
     @overload
     def __get__(self, obj: None, owner: Any) -> paged[P, T]: ...
@@ -86,5 +89,4 @@ class paged(Generic[P, T]):
         def method(*args: Any, **kwargs: Any) -> Any:
             return run(build(*args, **kwargs), executor, obj._credential)
 
-        method.__doc__ = self.__doc__
-        return method
+        return self.dress(method, executor.is_async)

@@ -40,7 +40,7 @@ from websockets.version import version as ws_version
 
 from ._config import ClientOptions, _is_loopback
 from ._executor import AsyncExecutor, SyncExecutor
-from ._service import Service
+from ._service import MethodFace, Service, public_signature
 from ._tokens import Credential
 from .errors import (
     APIError,
@@ -696,13 +696,16 @@ class AsyncEventStream:
 P = ParamSpec("P")
 
 
-class streaming(Generic[P]):
+class streaming(MethodFace, Generic[P]):
     """Attach a settings-building function as ``stream(...)``: an :class:`EventStream` on a
     blocking service, an :class:`AsyncEventStream` on an async one."""
 
+    returns_sync = "EventStream"
+    returns_async = "AsyncEventStream"
+
     def __init__(self, build: Callable[P, StreamSettings]) -> None:
         self._build = build
-        self.__doc__ = build.__doc__
+        self.init_face(build, public_signature(build))
 
     @overload
     def __get__(self, obj: None, owner: Any) -> streaming[P]: ...
@@ -722,5 +725,4 @@ class streaming(Generic[P]):
         def method(*args: Any, **kwargs: Any) -> Any:
             return kind(executor, obj._credential, build(*args, **kwargs))
 
-        method.__doc__ = self.__doc__
-        return method
+        return self.dress(method, executor.is_async)

@@ -14,6 +14,7 @@ token make exactly one exchange.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +36,7 @@ class Credential:
 
             raise ConfigurationError("an API key must be a non-empty string")
         self._secret = api_key
-        self.hint = hint_for(api_key)
+        self.hint: str = hint_for(api_key)
 
     def reveal(self) -> str:
         """The key itself, for the token exchange only."""
@@ -57,11 +58,19 @@ class Credential:
 
 
 def hint_for(api_key: str) -> str:
-    """``eko_test_AbCd…``: enough to tell keys apart in a message, useless to an attacker."""
-    prefix, sep, rest = api_key.rpartition("_")
-    if sep and prefix.startswith("eko") and len(rest) >= 16:
-        return f"{prefix}_{rest[:4]}…"
-    return f"{api_key[:3]}…" if len(api_key) >= 12 else "…"
+    """``eko_test_…#3fa9c1``: the key's non-secret prefix and a short fingerprint.
+
+    The fingerprint is the first 6 hex digits of the key's SHA-256: it tells keys apart in
+    logs and messages, and no character of the secret part ever appears (the random part
+    may itself contain ``_``, so splitting the key on ``_`` is not safe).
+    """
+    fingerprint = hashlib.sha256(api_key.encode()).hexdigest()[:6]
+    parts = api_key.split("_", 2)
+    if (len(parts) == 3 and parts[0] == "eko" and 2 <= len(parts[1]) <= 12
+            and parts[1].isascii() and parts[1].isalpha() and parts[1].islower()
+            and len(parts[2]) >= 16):
+        return f"eko_{parts[1]}_…#{fingerprint}"
+    return f"…#{fingerprint}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,10 @@ Every failure a caller can see is an :class:`EkoError`. Answers from the service
 :class:`APIError` subclasses chosen by status; failures to reach the service at all are
 :class:`TransportError`. Messages never contain an API key or token: the server's envelope
 carries none, and the SDK's own messages name a key only by its short hint.
+
+Every exception pickles (so it can cross a ``ProcessPoolExecutor`` or ``multiprocessing``
+boundary): :meth:`EkoError.__reduce__` rebuilds it from its message and attributes instead
+of calling ``__init__`` again, which keyword-only constructors would not survive.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "EkoError",
+    "EventLoopError",
     "IntegrityError",
     "InvalidArgumentError",
     "MalformedResponseError",
@@ -32,8 +38,27 @@ __all__ = [
 ]
 
 
+def _restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+             ) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class EkoError(Exception):
     """Base class of every exception ekoclient raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _restore, (type(self), self.args, dict(self.__dict__))
+
+
+class ClientClosedError(EkoError, RuntimeError):
+    """The client was closed; make a new one (or keep it open while you use it)."""
+
+
+class EventLoopError(EkoError, RuntimeError):
+    """An :class:`~ekoclient.AsyncClient` was used from an event loop other than its own."""
 
 
 class ConfigurationError(EkoError, ValueError):
@@ -190,6 +215,9 @@ def error_from_response(
         request_id = str(err.get("request_id") or request_id or "") or None
     if not message:
         message = f"the service answered HTTP {status} without an error description"
+    elif code == "collection_not_found":
+        message += (" — with ekoclient: client.datastore.create_collection(name), once, "
+                    "with a key that has admin on it")
     cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
     if cls is RateLimitError:
         reset = _int_header(headers, "x-ratelimit-reset")

@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
+from typing_extensions import Unpack
 
 from .._call import Call, json_call, parse_json, parse_none, segment
 from .._http import Response
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint
 from ..models import ApiKeyInfo, AuditRecord, NewApiKey
 
 _KEYS = TypeAdapter(list[ApiKeyInfo])
@@ -72,6 +73,7 @@ def _create_key(
     allowed_ips: Sequence[str] | None = None,
     tier: str | None = None,
     rate_limit: int | None = None,
+    **write: Unpack[WriteOptions],
 ) -> Call[NewApiKey]:
     """Create a key. The secret is in the result once; the service keeps only a hash.
 
@@ -93,6 +95,7 @@ def _update_key(
     allowed_ips: Sequence[str] | None = None,
     tier: str | None = None,
     rate_limit: int | Literal["tier"] | None = None,
+    **write: Unpack[WriteOptions],
 ) -> Call[ApiKeyInfo]:
     """Change a key's scope or settings; tokens already issued see the change at once.
 
@@ -108,12 +111,12 @@ def _list_keys() -> Call[list[ApiKeyInfo]]:
     return json_call("GET", "/api/auth/keys", _key_list)
 
 
-def _delete_key(key_id: str) -> Call[None]:
+def _delete_key(key_id: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Revoke a key: every token minted from it fails from the next request on."""
     return json_call("DELETE", f"/api/auth/keys/{segment(key_id, 'key_id')}", parse_none)
 
 
-def _rotate_key(key_id: str) -> Call[NewApiKey]:
+def _rotate_key(key_id: str, **write: Unpack[WriteOptions]) -> Call[NewApiKey]:
     """New secret, same id and permissions; the old secret and its tokens stop working."""
     return json_call("POST", f"/api/auth/keys/{segment(key_id, 'key_id')}/rotate", _new_key)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, overload
 
 from pydantic import TypeAdapter
+from typing_extensions import Unpack
 
 from .._blob import (
     AsyncBlob,
@@ -33,9 +34,10 @@ from .._blob import (
 from .._call import Call, json_call, parse_none, segment
 from .._executor import AsyncExecutor, SyncExecutor
 from .._http import Response
+from .._options import check_idempotency_key
 from .._paging import Pager, paged
-from .._service import E, Service, endpoint
-from ..errors import InvalidArgumentError
+from .._service import E, Service, WriteOptions, endpoint
+from ..errors import APIError, EkoError, InvalidArgumentError, NotFoundError
 from ..models import BlobMetadata
 
 _METAS = TypeAdapter(list[BlobMetadata])
@@ -52,13 +54,14 @@ def _blob_path(table: str, blob_id: str) -> str:
     return f"/api/blob/{segment(table, 'table')}/{segment(blob_id, 'blob id')}"
 
 
-def _create_table(table: str, attributes: Mapping[str, Any] | None = None) -> Call[None]:
+def _create_table(table: str, attributes: Mapping[str, Any] | None = None,
+                  **write: Unpack[WriteOptions]) -> Call[None]:
     """Create a table (needs admin on ``blob:<table>``), with optional JSON attributes."""
     return json_call("PUT", _table_path(table), parse_none,
                      {"attributes": dict(attributes or {})})
 
 
-def _drop_table(table: str) -> Call[None]:
+def _drop_table(table: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Drop a table and every blob in it (needs admin on ``blob:<table>``)."""
     return json_call("DELETE", _table_path(table), parse_none)
 
@@ -101,13 +104,26 @@ def _get(table: str, blob_id: str, byte_range: ByteRange | None,
                 headers=headers, stream=True)
 
 
+def _head_error(table: str, blob_id: str) -> Callable[[APIError], EkoError]:
+    """A HEAD answer has no body, so the server cannot say what was missing: the SDK can."""
+    def explain(error: APIError) -> EkoError:
+        if error.status != 404 or error.code not in ("unknown", "not_found"):
+            return error
+        return NotFoundError(
+            f"no blob {blob_id!r} in table {table!r} (or this key may not read it); "
+            "check the id, or list the table with blobstore.list(table)",
+            status=404, code="not_found", request_id=error.request_id)
+    return explain
+
+
 def _get_metadata(table: str, blob_id: str) -> Call[BlobMetadata]:
     """A blob's metadata without its bytes (HEAD)."""
     return Call("HEAD", _blob_path(table, blob_id),
-                lambda r: metadata_from_headers(table, blob_id, r))
+                lambda r: metadata_from_headers(table, blob_id, r),
+                explain=_head_error(table, blob_id))
 
 
-def _delete(table: str, blob_id: str) -> Call[None]:
+def _delete(table: str, blob_id: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Delete one blob."""
     return json_call("DELETE", _blob_path(table, blob_id), parse_none)
 
@@ -185,38 +201,42 @@ class BlobStore(Service[E]):
 
     @overload
     def put(self: BlobStore[SyncExecutor], table: str, blob_id: str, data: BlobData, *,
-            content_type: str | None = None, attributes: Mapping[str, Any] | None = None
-            ) -> BlobMetadata: ...
+            content_type: str | None = None, attributes: Mapping[str, Any] | None = None,
+            idempotency_key: str | None = None) -> BlobMetadata: ...
     @overload
     def put(self: BlobStore[AsyncExecutor], table: str, blob_id: str, data: BlobData, *,
-            content_type: str | None = None, attributes: Mapping[str, Any] | None = None
-            ) -> Awaitable[BlobMetadata]: ...
+            content_type: str | None = None, attributes: Mapping[str, Any] | None = None,
+            idempotency_key: str | None = None) -> Awaitable[BlobMetadata]: ...
 
     def put(self, table: str, blob_id: str, data: BlobData, *,
-            content_type: str | None = None, attributes: Mapping[str, Any] | None = None
-            ) -> Any:
+            content_type: str | None = None, attributes: Mapping[str, Any] | None = None,
+            idempotency_key: str | None = None) -> Any:
         """Store ``data`` (bytes, a binary file, or an iterator of bytes) under ``blob_id``.
 
         Replaces an existing blob atomically: readers see the old or the new bytes.
         """
         _blob_path(table, blob_id)  # refuse bad names before touching the data
+        key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
         if self._executor.is_async:
-            return self._aput(table, blob_id, data, content_type, attributes, None)
-        return self._sput(table, blob_id, data, content_type, attributes, None)
+            return self._aput(table, blob_id, data, content_type, attributes, None, key)
+        return self._sput(table, blob_id, data, content_type, attributes, None, key)
 
     def _sput(self, table: str, blob_id: str, data: BlobData, content_type: str | None,
-              attributes: Mapping[str, Any] | None, progress: Progress | None
-              ) -> BlobMetadata:
+              attributes: Mapping[str, Any] | None, progress: Progress | None,
+              idempotency_key: str | None = None) -> BlobMetadata:
         body = prepare_sync(data, progress)
         return self._sync().execute(_put(table, blob_id, body, content_type, attributes),
-                                    self._credential)
+                                    self._credential, idempotency_key=idempotency_key,
+                                    operation="put", target=table)
 
     async def _aput(self, table: str, blob_id: str, data: BlobData,
                     content_type: str | None, attributes: Mapping[str, Any] | None,
-                    progress: Progress | None) -> BlobMetadata:
+                    progress: Progress | None, idempotency_key: str | None = None
+                    ) -> BlobMetadata:
         body = await prepare_async(data, progress)
         return await self._async().execute(
-            _put(table, blob_id, body, content_type, attributes), self._credential)
+            _put(table, blob_id, body, content_type, attributes), self._credential,
+            idempotency_key=idempotency_key, operation="put", target=table)
 
     # ------------------------------------------------------------------ get
 

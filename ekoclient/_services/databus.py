@@ -6,11 +6,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import TypeAdapter
+from typing_extensions import Unpack
 
 from .._call import Call, json_call, segment
 from .._filters import Filter, filter_wire
 from .._http import Response
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint
 from .._stream import stream_settings, streaming
 from ..errors import InvalidArgumentError
 from ..models import Event, PollResult, Subscription
@@ -35,7 +36,8 @@ def _subscription(response: Response) -> Subscription:
 
 def _subscribe(name: str, *, collections: Iterable[str],
                filter: Filter | Mapping[str, Any] | None = None,
-               ttl: float = 86400, event_ttl: float = 86400) -> Call[Subscription]:
+               ttl: float = 86400, event_ttl: float = 86400,
+               **write: Unpack[WriteOptions]) -> Call[Subscription]:
     """Create or renew a subscription to changes of ``collections`` (names or ``*`` patterns).
 
     Idempotent: subscribing again renews its ``ttl`` and replaces its selection. Events are
@@ -48,12 +50,13 @@ def _subscribe(name: str, *, collections: Iterable[str],
     return json_call("PUT", _path(name), _subscription, body)
 
 
-def _unsubscribe(name: str) -> Call[None]:
+def _unsubscribe(name: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Delete the subscription and every event it still holds."""
     return json_call("DELETE", _path(name), lambda r: None)
 
 
 def _get_subscription(name: str) -> Call[Subscription]:
+    """One of this key's subscriptions: its collections, filter and TTLs."""
     return json_call("GET", _path(name), _subscription)
 
 
@@ -63,7 +66,8 @@ def _list_subscriptions() -> Call[list[Subscription]]:
                      lambda r: _SUBS.validate_json(r.content))
 
 
-def _poll(name: str, *, claim_ttl: float = 30, limit: int = 10) -> Call[PollResult]:
+def _poll(name: str, *, claim_ttl: float = 30, limit: int = 10,
+          **write: Unpack[WriteOptions]) -> Call[PollResult]:
     """Claim up to ``limit`` events for ``claim_ttl`` seconds; ack them before it ends or they
     come back. ``has_more`` says to poll again at once."""
     return json_call("POST", _path(name, "/poll"),
@@ -71,13 +75,14 @@ def _poll(name: str, *, claim_ttl: float = 30, limit: int = 10) -> Call[PollResu
                      params={"claim_ttl": claim_ttl, "limit": limit})
 
 
-def _ack(name: str, event_keys: Iterable[str]) -> Call[list[str]]:
+def _ack(name: str, event_keys: Iterable[str], **write: Unpack[WriteOptions]) -> Call[list[str]]:
     """Remove events for good; returns the keys that were pending (others are ignored)."""
     return json_call("POST", _path(name, "/ack"), lambda r: list(r.json()["acked"]),
                      {"keys": _keys(event_keys)})
 
 
-def _renew(name: str, event_keys: Iterable[str], *, claim_ttl: float = 30) -> Call[list[str]]:
+def _renew(name: str, event_keys: Iterable[str], *, claim_ttl: float = 30,
+           **write: Unpack[WriteOptions]) -> Call[list[str]]:
     """Extend the claims of events still being worked on; returns the keys renewed."""
     return json_call("POST", _path(name, "/renew"), lambda r: list(r.json()["renewed"]),
                      {"keys": _keys(event_keys), "claim_ttl": claim_ttl})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter
+from typing_extensions import Unpack
 
 from .._call import Call, json_call, parse_none, segment
 from .._changes import AsyncChangeStream, ChangeStream
@@ -14,12 +15,14 @@ from .._executor import AsyncExecutor, SyncExecutor
 from .._filters import Filter, filter_wire
 from .._http import Response
 from .._paging import Pager, paged
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult, SearchHit
 
 if TYPE_CHECKING:
     from .transaction import Transaction
+
+M = TypeVar("M", bound=BaseModel)
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -52,6 +55,25 @@ def _as_model(model: type[BaseModel] | None, parse: Any) -> Any:
     return lambda r: adapter.validate_python(_records(r))
 
 
+Record = Mapping[str, Any] | BaseModel
+
+
+def _record_body(record: object, what: str, *, partial: bool = False) -> dict[str, Any]:
+    """A record to send: a mapping as given, or a pydantic model's JSON form.
+
+    A model's ``id`` is left out (the server owns ids and refuses one in a body); for
+    ``update`` only the fields that were set are sent, so a partial model changes only them.
+    """
+    if isinstance(record, BaseModel):
+        data = record.model_dump(mode="json", by_alias=True, exclude_unset=partial)
+        data.pop("id", None)
+        return data
+    if not isinstance(record, Mapping):
+        raise InvalidArgumentError(
+            f"{what} is a mapping of fields or a pydantic model, got {type(record).__name__}")
+    return dict(record)
+
+
 def _fields(value: Iterable[str] | None, what: str) -> list[str] | None:
     if value is None:
         return None
@@ -78,7 +100,8 @@ def _sort(sort: SortArg) -> list[dict[str, Any]] | None:
     return out
 
 
-def _create_collection(name: str, schema: Mapping[str, Any] | None = None) -> Call[None]:
+def _create_collection(name: str, schema: Mapping[str, Any] | None = None,
+                       **write: Unpack[WriteOptions]) -> Call[None]:
     """Create a collection (needs admin on it, or an admin key), with an ekoDB schema
     (``{"fields": {name: {"field_type", "required", "unique", ...}}}``) when given."""
     if schema is not None and not isinstance(schema, Mapping):
@@ -92,8 +115,8 @@ def _get_schema(name: str) -> Call[dict[str, Any]]:
     return json_call("GET", f"/api/schemas/{segment(name, 'collection')}", _record)
 
 
-def _update_schema(name: str, constraints: Mapping[str, Mapping[str, Any]]
-                   ) -> Call[dict[str, Any]]:
+def _update_schema(name: str, constraints: Mapping[str, Mapping[str, Any]],
+                   **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Change some fields' constraints (``{"age": {"min": 0}}``; ``None`` removes one);
     stored records must already satisfy them. Returns the new schema."""
     if not isinstance(constraints, Mapping):
@@ -102,7 +125,7 @@ def _update_schema(name: str, constraints: Mapping[str, Mapping[str, Any]]
                      {"constraints": {k: dict(v) for k, v in constraints.items()}})
 
 
-def _drop_collection(name: str) -> Call[None]:
+def _drop_collection(name: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Drop a collection and every record in it."""
     return json_call("DELETE", f"/api/collections/{segment(name, 'collection')}", parse_none)
 
@@ -112,12 +135,12 @@ def _list_collections() -> Call[list[str]]:
     return json_call("GET", "/api/collections", lambda r: list(r.json()["collections"]))
 
 
-def _insert(collection: str, record: Mapping[str, Any]) -> Call[dict[str, Any]]:
-    """Insert a record; returns it as stored, including its new opaque ``id``."""
-    if not isinstance(record, Mapping):
-        raise InvalidArgumentError(f"a record is a mapping of fields, got {type(record).__name__}")
+def _insert(collection: str, record: Record,
+            **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
+    """Insert a record (a mapping or a pydantic model; datetimes, UUIDs and Decimals are sent
+    as ISO/str strings, as pydantic writes them); returns it as stored, with its new ``id``."""
     return json_call("POST", f"/api/insert/{segment(collection, 'collection')}", _record,
-                     dict(record))
+                     _record_body(record, "a record"))
 
 
 def _get(
@@ -193,34 +216,39 @@ def _iter_find(
     return Pager(page, page_size=page_size, limit=limit)
 
 
-def _update(collection: str, id: str, changes: Mapping[str, Any]) -> Call[dict[str, Any]]:
-    """Apply ``changes`` to a record; returns the record as stored now."""
-    if not isinstance(changes, Mapping):
-        raise InvalidArgumentError("changes must be a mapping of fields to new values")
+def _update(collection: str, id: str, changes: Record,
+            **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
+    """Apply ``changes`` (a mapping, or a pydantic model: the fields set on it) to a record;
+    returns the record as stored now."""
+    body = _record_body(changes, "changes", partial=True)
     path = f"/api/update/{segment(collection, 'collection')}/{segment(id, 'id')}"
-    return json_call("PUT", path, _record, dict(changes))
+    return json_call("PUT", path, _record, body)
 
 
-def _delete(collection: str, id: str) -> Call[None]:
+def _delete(collection: str, id: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Delete one record; NotFoundError if it does not exist (or is not yours to see)."""
     path = f"/api/delete/{segment(collection, 'collection')}/{segment(id, 'id')}"
     return json_call("DELETE", path, parse_none)
 
 
-def _batch_insert(collection: str, records: Iterable[Mapping[str, Any]]) -> Call[BatchResult]:
-    """Insert many records; each succeeds or fails on its own."""
-    inserts = [{"data": dict(r)} for r in records]
+def _batch_insert(collection: str, records: Iterable[Record],
+                  **write: Unpack[WriteOptions]) -> Call[BatchResult]:
+    """Insert many records (mappings or pydantic models); each succeeds or fails on its own."""
+    inserts = [{"data": _record_body(r, "a record")} for r in records]
     return json_call("POST", f"/api/batch/insert/{segment(collection, 'collection')}", _batch,
                      {"inserts": inserts})
 
 
 def _batch_update(
     collection: str,
-    updates: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]],
+    updates: Mapping[str, Record] | Iterable[Mapping[str, Any]],
+    **write: Unpack[WriteOptions],
 ) -> Call[BatchResult]:
-    """Update many records: ``{id: changes}`` or ``[{"id": ..., "data": {...}}]``."""
+    """Update many records: ``{id: changes}`` (changes may be models) or
+    ``[{"id": ..., "data": {...}}]``."""
     if isinstance(updates, Mapping):
-        items = [{"id": k, "data": dict(v)} for k, v in updates.items()]
+        items = [{"id": k, "data": _record_body(v, "changes", partial=True)}
+                 for k, v in updates.items()]
     else:
         items = [dict(u) for u in updates]
     return json_call("PUT", f"/api/batch/update/{segment(collection, 'collection')}", _batch,
@@ -232,6 +260,7 @@ def _batch_delete(
     ids: Iterable[str] | None = None,
     *,
     filter: FilterArg = None,
+    **write: Unpack[WriteOptions],
 ) -> Call[BatchResult]:
     """Delete records by id, or every record matching ``filter`` (exactly one of the two)."""
     if (ids is None) == (filter is None):
@@ -331,8 +360,6 @@ class DataStore(Service[E]):
     drop_collection = endpoint(_drop_collection)
     list_collections = endpoint(_list_collections)
     insert = endpoint(_insert)
-    get = endpoint(_get)
-    find = endpoint(_find)
     iter_find = paged(_iter_find)
     update = endpoint(_update)
     delete = endpoint(_delete)
@@ -370,3 +397,65 @@ class DataStore(Service[E]):
         from .transaction import Transaction
 
         return Transaction(self._executor, self._credential, isolation_level)
+
+    # get/find return what model= asks for. An endpoint's ParamSpec cannot say that, so type
+    # checkers read these overloads while the runtime uses the endpoints (one definition).
+    if TYPE_CHECKING:
+        @overload
+        def get(self: DataStore[SyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: None = None
+                ) -> dict[str, Any]: ...
+        @overload
+        def get(self: DataStore[SyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: type[M]) -> M: ...
+        @overload
+        def get(self: DataStore[AsyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: None = None
+                ) -> Awaitable[dict[str, Any]]: ...
+        @overload
+        def get(self: DataStore[AsyncExecutor], collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None, model: type[M]
+                ) -> Awaitable[M]: ...
+        def get(self, collection: str, id: str, *,
+                select_fields: Iterable[str] | None = None,
+                exclude_fields: Iterable[str] | None = None,
+                model: type[BaseModel] | None = None) -> Any:
+            """One record by id, as a dict or parsed into ``model``; NotFoundError if absent."""
+
+        @overload
+        def find(self: DataStore[SyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> list[dict[str, Any]]: ...
+        @overload
+        def find(self: DataStore[SyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> list[M]: ...
+        @overload
+        def find(self: DataStore[AsyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> Awaitable[list[dict[str, Any]]]: ...
+        @overload
+        def find(self: DataStore[AsyncExecutor], collection: str, filter: FilterArg = None, *,
+                 sort: SortArg = None, limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> Awaitable[list[M]]: ...
+        def find(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 limit: int | None = None, skip: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None,
+                 model: type[BaseModel] | None = None) -> Any:
+            """Records matching ``filter`` (one page: the service caps ``limit``)."""
+    else:
+        get = endpoint(_get)
+        find = endpoint(_find)

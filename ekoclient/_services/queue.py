@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
+from typing_extensions import Unpack
 
 from .._call import Call, json_call, segment
 from .._consume import ConsumerCore, run_async, run_sync
 from .._executor import AsyncExecutor, SyncExecutor
 from .._http import Response
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint, public_signature
 from ..errors import InvalidArgumentError
 from ..models import AckResult, ConsumeStats, Message, RenewResult
 
@@ -57,7 +59,7 @@ def _field(name: str) -> Callable[[Response], int]:
     return lambda response: int(response.json()[name])
 
 
-def _send(prefix: str, queue: str, message: Any) -> Call[str]:
+def _send(prefix: str, queue: str, message: Any, **write: Unpack[WriteOptions]) -> Call[str]:
     """Send one message (any JSON value); returns its id. Committed before this returns."""
     path = _path(prefix, queue, "/send")
     parse: Callable[[Response], str] = lambda r: str(r.json()["id"])  # noqa: E731
@@ -66,7 +68,8 @@ def _send(prefix: str, queue: str, message: Any) -> Call[str]:
     return json_call("POST", path, parse, message)
 
 
-def _send_batch(prefix: str, queue: str, messages: Iterable[Any]) -> Call[list[str]]:
+def _send_batch(prefix: str, queue: str, messages: Iterable[Any],
+                **write: Unpack[WriteOptions]) -> Call[list[str]]:
     """Send a list of messages atomically (all or none); returns their ids in order."""
     if isinstance(messages, (str, bytes, Mapping)):
         raise InvalidArgumentError("messages takes a list of messages")
@@ -74,7 +77,8 @@ def _send_batch(prefix: str, queue: str, messages: Iterable[Any]) -> Call[list[s
                      lambda r: [str(i) for i in r.json()["ids"]], list(messages))
 
 
-def _poll(prefix: str, queue: str, *, claim_ttl: float = 30, limit: int = 10
+def _poll(prefix: str, queue: str, *, claim_ttl: float = 30, limit: int = 10,
+          **write: Unpack[WriteOptions]
           ) -> Call[list[Message]]:
     """Claim up to ``limit`` messages for ``claim_ttl`` seconds; ack them before the claim
     ends or they are delivered again."""
@@ -82,13 +86,15 @@ def _poll(prefix: str, queue: str, *, claim_ttl: float = 30, limit: int = 10
                      params={"claim_ttl": claim_ttl, "limit": limit})
 
 
-def _ack(prefix: str, queue: str, ids: Iterable[str | Message]) -> Call[AckResult]:
+def _ack(prefix: str, queue: str, ids: Iterable[str | Message],
+         **write: Unpack[WriteOptions]) -> Call[AckResult]:
     """Remove messages for good; ids whose claim was lost come back as ``stale``."""
     return json_call("POST", _path(prefix, queue, "/ack"),
                      lambda r: AckResult.model_validate_json(r.content), {"ids": _ids(ids)})
 
 
-def _renew(prefix: str, queue: str, ids: Iterable[str | Message], *, claim_ttl: float = 30
+def _renew(prefix: str, queue: str, ids: Iterable[str | Message], *, claim_ttl: float = 30,
+           **write: Unpack[WriteOptions]
            ) -> Call[RenewResult]:
     """Keep claimed messages hidden ``claim_ttl`` more seconds (never shortens a claim);
     ``claim_ttl=0`` gives them back at once."""
@@ -112,17 +118,17 @@ def _claim_count(prefix: str, queue: str) -> Call[int]:
     return json_call("GET", _path(prefix, queue, "/claimcount"), _field("count"))
 
 
-def _unclaim_all(prefix: str, queue: str) -> Call[int]:
+def _unclaim_all(prefix: str, queue: str, **write: Unpack[WriteOptions]) -> Call[int]:
     """Release every claim (their ids go stale); returns how many were claimed."""
     return json_call("POST", _path(prefix, queue, "/unclaimall"), _field("unclaimed"))
 
 
-def _purge(prefix: str, queue: str) -> Call[int]:
+def _purge(prefix: str, queue: str, **write: Unpack[WriteOptions]) -> Call[int]:
     """Delete every message (needs ``admin`` on the queue); returns how many."""
     return json_call("DELETE", _path(prefix, queue), _field("purged"))
 
 
-def _move(prefix: str, source: str, dest: str) -> Call[int]:
+def _move(prefix: str, source: str, dest: str, **write: Unpack[WriteOptions]) -> Call[int]:
     """Move every unclaimed message of ``source`` to ``dest`` atomically (read on source,
     write on dest); returns how many."""
     for value, what in ((source, "source"), (dest, "dest")):
@@ -136,6 +142,9 @@ class prefixed(endpoint[P, T]):
 
     def __init__(self, build: Callable[Concatenate[str, P], Call[T]]) -> None:
         super().__init__(build)  # type: ignore[arg-type]
+
+    def signature(self, build: Callable[..., Any]) -> inspect.Signature:
+        return public_signature(build, drop_first=True)
 
     def bind(self, obj: Any) -> Callable[..., Call[T]]:
         return functools.partial(self._build, obj.prefix)
@@ -197,6 +206,7 @@ class _consume:
                 return await run_async(made, run, handler, stop_event)
 
             aconsume.__doc__ = self.__doc__
+            aconsume.__name__ = aconsume.__qualname__ = "consume"
             return aconsume
 
         def consume(queue: str, handler: Callable[[Message], object], *,

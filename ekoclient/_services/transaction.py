@@ -23,7 +23,7 @@ from .._http import Response
 from .._service import E, Service, endpoint
 from .._tokens import Credential
 from ..errors import EkoError, InvalidArgumentError
-from .datastore import DataStore
+from .datastore import DataStore, _find, _get
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -122,8 +122,9 @@ class Transaction(Service[E]):
     __slots__ = ("_id", "_isolation", "_state")
 
     insert = _joined(DataStore.insert)
-    get = _joined(DataStore.get)
-    find = _joined(DataStore.find)
+    # DataStore.get/find carry model= overloads for type checkers; join their endpoints
+    get = _joined(endpoint(_get))
+    find = _joined(endpoint(_find))
     update = _joined(DataStore.update)
     delete = _joined(DataStore.delete)
     batch_insert = _joined(DataStore.batch_insert)
