@@ -88,6 +88,16 @@ def test_a_token_refused_with_401_is_refreshed_and_the_call_replayed(
     assert metric(ekodb_server, EXCHANGES, result="ok") - before == 1
 
 
+def test_a_view_keeps_working_after_an_admin_changes_its_keys_scope(admin: Client) -> None:
+    admin.datastore.create_collection("upd_refresh")
+    new = admin.admin.create_key("upd", collection_permissions={"upd_refresh": ["read",
+                                                                                "write"]})
+    view = Authenticator(admin).using_credentials(new.api_key)
+    view.datastore.insert("upd_refresh", {"n": 1})          # token minted and cached
+    admin.admin.update_key(new.key_id, read_only=True)       # the server drops its tokens
+    assert len(view.datastore.find("upd_refresh")) == 1      # one refresh, then it works
+
+
 def test_a_deleted_key_raises_authentication_error_after_one_refresh_try(
         admin: Client, ekodb_server: Any) -> None:
     new = admin.admin.create_key("doomed", collection_permissions={"things": ["read"]})
