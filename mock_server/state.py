@@ -17,10 +17,12 @@ from mock_server.datastore import DataStore
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import IdempotencyStore
 from mock_server.keys import IPAddress, IPNetwork, KeyStore
+from mock_server.kv import KVStore
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
 from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, SqliteTatStore
 from mock_server.storage import Storage
+from mock_server.sweeper import Sweeper
 from mock_server.tokens import TokenService
 
 
@@ -53,6 +55,10 @@ class AppState:
     queues: Queues = field(init=False)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
+    #: KV entries (mock_server.kv).
+    kv: KVStore = field(init=False)
+    #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
+    sweeper: Sweeper = field(init=False)
 
     def __post_init__(self) -> None:
         self.bus = DataBus(self.storage, self.keyring, self.changes)
@@ -61,6 +67,9 @@ class AppState:
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)
+        self.kv = KVStore(self.storage, self.keyring, self.audit,
+                          purge_grace=self.config.kv_purge_grace)
+        self.sweeper = Sweeper([self.kv.purge], self.config.sweep_interval)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:
@@ -95,6 +104,7 @@ class AppState:
         state.admin_key = keys.bootstrap(env)
         state.blobs = BlobStore(storage, keyring, config.data_dir / "blobs",
                                 config.body_limit_for("/api/blob/"))
+        state.sweeper.start()
         return state
 
     def client_ip_of(self, scope: Scope) -> IPAddress | None:
@@ -107,6 +117,7 @@ class AppState:
         return self.authenticator.key_id_of(header(scope, b"authorization"))
 
     def close(self) -> None:
+        self.sweeper.stop()
         self.idempotency.close()
         self.key_limits.close()
         self.storage.close()
