@@ -76,6 +76,7 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _SERVICE: Final = "datastore"
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "select_fields", "exclude_fields")
 
 register_schema(
@@ -317,8 +318,9 @@ class DataStore:
             yield self._open(collection, self._open_id(collection, ridx, rid), data)
 
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
-                 caller: Caller, operation: str) -> dict[str, Any]:
-        record_id = secrets.token_urlsafe(ID_BYTES)
+                 caller: Caller, operation: str, record_id: str | None = None
+                 ) -> dict[str, Any]:
+        record_id = record_id or secrets.token_urlsafe(ID_BYTES)
         ridx = self._ridx(collection, record_id)
         stored = {"id": record_id, **copy.deepcopy(dict(record))}
         sealed_id = self._keyring.encrypt(_SERVICE, collection, record_id.encode(),
@@ -651,3 +653,72 @@ class DataStore:
                     self._remove(tx, name, cidx, record["id"], caller, "record.batch_delete")
                     ok.append(record["id"])
         return self._result(ok, [])
+
+    # ---------------------------------------------------------------- extension points
+    # Used by mock_server.actions (atomic field actions, upsert, count, distinct): they keep
+    # every rule of this module (levels, field rules, encryption, audit, change events).
+
+    def modify(self, caller: Caller, collection: object, record_id: object,
+               compute: Callable[[dict[str, Any]], dict[str, Any]], *,
+               operation: str = "record.update") -> dict[str, Any]:
+        """Read a record, compute changes from it, write them: one transaction, so
+        concurrent modifies of one record serialise (``BEGIN IMMEDIATE``) and none is lost.
+        The computed changes pass the same checks as an update's body."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.WRITE)
+        with self._writing() as tx:
+            cidx = self._exists(tx.conn, name)
+            current = self._load(tx.conn, name, cidx, record_id)
+            if current is None:
+                raise ApiError(404, "not_found", "record not found")
+            body = _check_write(compute(copy.deepcopy(current)), "the changes")
+            self._require_fields(caller, name, body, current)
+            updated = self._put_update(tx, name, cidx, current["id"], current, body, caller,
+                                       operation)
+        return self._view(caller, name, updated)
+
+    def upsert(self, caller: Caller, collection: object, record_id: object,
+               record: object) -> tuple[dict[str, Any], bool]:
+        """Update (deep merge) the record with this id, or insert it under this id; atomic.
+        Returns the record as the caller sees it and whether it was created."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.WRITE)
+        if not isinstance(record_id, str) or not _CLIENT_ID.fullmatch(record_id):
+            raise _invalid(f"an upsert id is 1-{MAX_ID_LENGTH} characters of A-Z a-z 0-9 _ -")
+        body = _check_write(record, "a record")
+        self._require_fields(caller, name, body)
+        with self._writing() as tx:
+            cidx = self._exists(tx.conn, name)
+            current = self._load(tx.conn, name, cidx, record_id)
+            if current is None:
+                stored = self._put_new(tx, name, cidx, body, caller, "record.upsert",
+                                       record_id=record_id)
+            else:
+                self._require_fields(caller, name, body, current)
+                stored = self._put_update(tx, name, cidx, record_id, current, body, caller,
+                                          "record.upsert")
+        return self._view(caller, name, stored), current is None
+
+    def exists(self, caller: Caller, collection: object, record_id: object) -> bool:
+        """Whether a record with this id exists (READ needed: the same as a get)."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.READ)
+        conn = self._storage.conn
+        return self._load(conn, name, self._exists(conn, name), record_id) is not None
+
+    def matching(self, caller: Caller, collection: object,
+                 raw_filter: object) -> Iterator[dict[str, Any]]:
+        """Records matching a wire filter (None: all), projected through the caller's field
+        rules; 403 when the filter names a field the caller may not read."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.READ)
+        try:
+            flt = parse_filter(raw_filter)
+        except QueryError as exc:
+            raise _invalid(str(exc)) from None
+        if flt is not None:
+            self._require_readable(caller, name, set(flt.fields()))
+        conn = self._storage.conn
+        records = self._scan(conn, name, self._exists(conn, name))
+        scope = caller.scope
+        return (scope.project(name, r) for r in records if flt is None or flt.matches(r))

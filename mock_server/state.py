@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mock_server.actions import RecordActions
 from mock_server.asgi import Scope, header
 from mock_server.audit import AuditLog
 from mock_server.auth import Authenticator, client_ip, forwarded_for, parse_networks
@@ -55,6 +56,8 @@ class AppState:
     queues: Queues = field(init=False)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
+    #: Atomic field actions, upsert, count, distinct over `datastore` (mock_server.actions).
+    actions: RecordActions = field(init=False)
     #: KV entries (mock_server.kv).
     kv: KVStore = field(init=False)
     #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
@@ -67,6 +70,7 @@ class AppState:
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)
+        self.actions = RecordActions(self.datastore)
         self.kv = KVStore(self.storage, self.keyring, self.audit,
                           purge_grace=self.config.kv_purge_grace)
         self.sweeper = Sweeper([self.kv.purge], self.config.sweep_interval)

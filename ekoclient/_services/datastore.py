@@ -14,6 +14,7 @@ from .._paging import Pager, paged
 from .._service import E, Service, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult
+from . import actions as _actions
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -238,3 +239,22 @@ class DataStore(Service[E]):
     batch_insert = endpoint(_batch_insert)
     batch_update = endpoint(_batch_update)
     batch_delete = endpoint(_batch_delete)
+    # atomic field actions and server-side helpers (``_services/actions.py``)
+    increment = endpoint(_actions._increment)
+    decrement = endpoint(_actions._decrement)
+    multiply = endpoint(_actions._multiply)
+    divide = endpoint(_actions._divide)
+    modulo = endpoint(_actions._modulo)
+    push = endpoint(_actions._push)
+    pop = endpoint(_actions._pop)
+    shift = endpoint(_actions._shift)
+    unshift = endpoint(_actions._unshift)
+    remove = endpoint(_actions._remove)
+    append = endpoint(_actions._append)
+    clear = endpoint(_actions._clear)
+    apply = endpoint(_actions._apply)
+    upsert = endpoint(_actions._upsert)
+    count = endpoint(_actions._count)
+    exists = endpoint(_actions._exists)
+    distinct = endpoint(_actions._distinct)
+

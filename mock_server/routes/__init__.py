@@ -10,11 +10,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mock_server.routes import audit, auth, blobs, databus, datastore, keys, kv, system, ws
+from mock_server.routes import (
+    actions,
+    audit,
+    auth,
+    blobs,
+    databus,
+    datastore,
+    keys,
+    kv,
+    system,
+    ws,
+)
 from mock_server.routes.queues import dedupq_router, queue_router
 
 ROUTERS: list[APIRouter] = [system.router, auth.router, keys.router, audit.router,
                             blobs.router, databus.router, ws.router]
 ROUTERS += [queue_router, dedupq_router]
 ROUTERS += [datastore.router]
-ROUTERS += [kv.router]
+ROUTERS += [kv.router, actions.router]
