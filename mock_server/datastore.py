@@ -44,6 +44,7 @@ from typing import Any, Final, Protocol
 
 from mock_server.audit import AuditLog
 from mock_server.changes import Change, ChangeFeed, Operation
+from mock_server.compat import FIND_OPTIONS, ITEM_OPTIONS, strip_options
 from mock_server.crypto import DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError, bad_request, forbidden
 from mock_server.permissions import (
@@ -510,6 +511,7 @@ class DataStore:
         self._require(caller, name, Level.READ)
         if not isinstance(body, dict):
             raise _invalid("the find body must be a JSON object")
+        body = strip_options(body, FIND_OPTIONS)  # the official client's extra keys
         unknown = sorted(str(k) for k in body if k not in _FIND_KEYS)
         if unknown:
             raise _invalid(f"unknown key {_show(unknown[0])} in the find body; allowed keys "
@@ -552,6 +554,8 @@ class DataStore:
         if len(items) > self._max_batch:
             raise ApiError(413, "batch_too_large",
                            f"{key}: at most {self._max_batch} items per batch, got {len(items)}")
+        items = [strip_options(it, ITEM_OPTIONS, f"{key}[{i}].") if isinstance(it, dict)
+                 else it for i, it in enumerate(items)]
         for i, item in enumerate(items):
             if not isinstance(item, dict) or set(item) != set(item_keys):
                 raise _invalid(f"{key}[{i}]: expected an object with exactly the keys "

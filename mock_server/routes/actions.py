@@ -18,14 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.routes.compat import client_options
 from mock_server.routes.deps import CurrentPrincipal, State
 
-router = APIRouter(tags=["datastore"])
+router = APIRouter(tags=["datastore"], dependencies=[Depends(client_options)])
 
 _RECORD_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}

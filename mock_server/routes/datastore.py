@@ -25,15 +25,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.datastore import MAX_BATCH, split_fields
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.routes.compat import client_options
 from mock_server.routes.deps import CurrentPrincipal, State
 
-router = APIRouter(tags=["datastore"])
+router = APIRouter(tags=["datastore"], dependencies=[Depends(client_options)])
 
 T = TypeVar("T")
 Fields = Annotated[str | None, Query(max_length=8192)]
@@ -50,11 +51,17 @@ class _FindDoc(BaseModel):
     skip: int | None = Field(default=None, ge=0)
     select_fields: list[str] | None = None
     exclude_fields: list[str] | None = None
+    # sent by the official ekoDB client (mock_server.compat)
+    bypass_cache: bool | None = None
+    bypass_ripple: bool | None = None
+    transaction_id: str | None = Field(default=None, min_length=1, max_length=128)
+    join: None = None
 
 
 class _InsertItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: dict[str, Any]
+    bypass_ripple: bool | None = None
 
 
 class _UpdateItem(_InsertItem):
@@ -64,6 +71,7 @@ class _UpdateItem(_InsertItem):
 class _DeleteItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
+    bypass_ripple: bool | None = None
 
 
 class _BatchInsertDoc(BaseModel):
