@@ -255,6 +255,10 @@ class DataStore:
         self._changes = changes
         self._max_batch = max_batch
         self._clock = clock
+        #: Called inside the transaction just before a record row is deleted, with
+        #: (connection, collection, cidx, record id, caller): the trash keeps a copy.
+        self.removal_hooks: list[Callable[[sqlite3.Connection, str, bytes, str, Caller],
+                                          None]] = []
 
     # ---------------------------------------------------------------- crypto & rows
 
@@ -345,6 +349,8 @@ class DataStore:
 
     def _remove(self, tx: _Tx, collection: str, cidx: bytes, record_id: str, caller: Caller,
                 operation: str) -> None:
+        for hook in self.removal_hooks:
+            hook(tx.conn, collection, cidx, record_id, caller)
         tx.conn.execute("DELETE FROM ds_records WHERE cidx = ? AND ridx = ?",
                         (cidx, self._ridx(collection, record_id)))
         self._record(tx, caller, operation, collection, record_id, "delete", None)

@@ -25,6 +25,7 @@ from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, Sqli
 from mock_server.storage import Storage
 from mock_server.sweeper import Sweeper
 from mock_server.tokens import TokenService
+from mock_server.trash import RecordTtl, Trash
 
 
 @dataclass
@@ -58,6 +59,9 @@ class AppState:
     key_limits: KeyRateLimits = field(init=False)
     #: Atomic field actions, upsert, count, distinct over `datastore` (mock_server.actions).
     actions: RecordActions = field(init=False)
+    #: Deleted records kept restorable, and inserts with a TTL (mock_server.trash).
+    trash: Trash = field(init=False)
+    record_ttl: RecordTtl = field(init=False)
     #: KV entries (mock_server.kv).
     kv: KVStore = field(init=False)
     #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
@@ -73,7 +77,10 @@ class AppState:
         self.actions = RecordActions(self.datastore)
         self.kv = KVStore(self.storage, self.keyring, self.audit,
                           purge_grace=self.config.kv_purge_grace)
-        self.sweeper = Sweeper([self.kv.purge], self.config.sweep_interval)
+        self.trash = Trash(self.datastore, self.storage, retention=self.config.trash_retention)
+        self.record_ttl = RecordTtl(self.datastore, self.storage, self.keyring)
+        self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge],
+                               self.config.sweep_interval)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:

@@ -1,4 +1,4 @@
-"""Atomic field actions, upsert, count, exists, distinct (SPEC §3.1 Atomic actions).
+"""Atomic field actions, upsert, count, exists, distinct, trash (SPEC §3.1).
 
 Attached to :class:`~ekoclient._services.datastore.DataStore`; kept in their own module so
 the DataStore's core CRUD stays short. Every action is applied by the server inside the
@@ -8,6 +8,7 @@ Idempotency-Key like every write, so a retried increment is applied once.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -162,3 +163,25 @@ def _distinct(collection: str, field: str, filter: FilterArg = None) -> Call[lis
     body = {"filter": filter_wire(filter)} if filter is not None else {}
     path = f"/api/distinct/{segment(collection, 'collection')}/{segment(_field(field), 'field')}"
     return json_call("POST", path, _values, body, read_only=True)
+
+
+def ttl_wire(ttl: float | dt.timedelta) -> str:
+    """A record TTL as ekoDB's insert body carries it: a duration string (``"90s"``)."""
+    if isinstance(ttl, dt.timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return f"{int(ttl)}s" if float(ttl).is_integer() else f"{float(ttl)!r}s"
+
+
+def _restore(collection: str, id: str) -> Call[bool]:
+    """Bring a deleted record back from the trash (within the server's retention window);
+    NotFoundError when it is not there."""
+    return json_call("POST", f"/api/trash/{_record_path(collection, id)}",
+                     lambda r: bool(r.json()["restored"]))
+
+
+def _restore_all(collection: str) -> Call[int]:
+    """Bring back every record of the collection still in the trash; how many came back."""
+    return json_call("POST", f"/api/trash/{segment(collection, 'collection')}",
+                     lambda r: int(r.json()["records_restored"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -88,12 +89,19 @@ def _list_collections() -> Call[list[str]]:
     return json_call("GET", "/api/collections", lambda r: list(r.json()["collections"]))
 
 
-def _insert(collection: str, record: Mapping[str, Any]) -> Call[dict[str, Any]]:
-    """Insert a record; returns it as stored, including its new opaque ``id``."""
+def _insert(collection: str, record: Mapping[str, Any], *,
+            ttl: float | dt.timedelta | None = None) -> Call[dict[str, Any]]:
+    """Insert a record; returns it as stored, including its new opaque ``id``. With
+    ``ttl`` (seconds) the record is deleted that long after (a DataBus delete event)."""
     if not isinstance(record, Mapping):
         raise InvalidArgumentError(f"a record is a mapping of fields, got {type(record).__name__}")
+    body = dict(record)
+    if ttl is not None:
+        if "ttl" in body:
+            raise InvalidArgumentError("give the time to live once: ttl= or a 'ttl' field")
+        body["ttl"] = _actions.ttl_wire(ttl)
     return json_call("POST", f"/api/insert/{segment(collection, 'collection')}", _record,
-                     dict(record))
+                     body)
 
 
 def _get(
@@ -257,4 +265,6 @@ class DataStore(Service[E]):
     count = endpoint(_actions._count)
     exists = endpoint(_actions._exists)
     distinct = endpoint(_actions._distinct)
+    restore = endpoint(_actions._restore)
+    restore_all = endpoint(_actions._restore_all)
 

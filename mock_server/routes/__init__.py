@@ -20,6 +20,7 @@ from mock_server.routes import (
     keys,
     kv,
     system,
+    trash,
     ws,
 )
 from mock_server.routes.queues import dedupq_router, queue_router
@@ -28,4 +29,4 @@ ROUTERS: list[APIRouter] = [system.router, auth.router, keys.router, audit.route
                             blobs.router, databus.router, ws.router]
 ROUTERS += [queue_router, dedupq_router]
 ROUTERS += [datastore.router]
-ROUTERS += [kv.router, actions.router]
+ROUTERS += [kv.router, actions.router, trash.router]

@@ -120,9 +120,11 @@ def drop_collection(collection: str, principal: CurrentPrincipal,
 
 @router.post("/api/insert/{collection}", openapi_extra=_RECORD_DOC)
 async def insert(collection: str, request: Request, principal: CurrentPrincipal,
-                 state: State) -> dict[str, Any]:
+                 state: State, ttl: Annotated[str | None, Query(max_length=32)] = None
+                 ) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(state.datastore.insert, principal, collection, body)
+    # a "ttl" (body, ekoDB's shape, or query) schedules the record's expiry
+    return await _run(state.record_ttl.insert, principal, collection, body, ttl)
 
 
 @router.get("/api/find/{collection}/{record_id}")
