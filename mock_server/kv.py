@@ -308,6 +308,10 @@ class KVStore:
     def purge(self) -> int:
         """Remove entries expired more than ``purge_grace`` seconds ago; how many went."""
         cutoff = self._clock() - self._purge_grace
+        if not self._storage.conn.execute(  # a cheap read first: most rounds find nothing
+                "SELECT 1 FROM kv_entries WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                "LIMIT 1", (cutoff,)).fetchone():
+            return 0
         with self._storage.transaction() as conn:
             cur = conn.execute("DELETE FROM kv_entries WHERE expires_at IS NOT NULL "
                                "AND expires_at <= ?", (cutoff,))
