@@ -58,8 +58,11 @@ def _numbers(action: str, field: str, current: Any, value: Any) -> tuple[Any, An
 
 
 def _finite(action: str, field: str, result: Any) -> Any:
+    """Results stay what ekoDB stores: finite doubles and 64-bit integers."""
     if isinstance(result, float) and not math.isfinite(result):
         raise _invalid(f"{action} on {field!r}: the result is not a finite number")
+    if isinstance(result, int) and not -(2**63) <= result < 2**63:
+        raise _invalid(f"{action} on {field!r}: the result is outside the 64-bit range")
     return result
 
 

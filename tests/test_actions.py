@@ -101,6 +101,7 @@ def test_bad_actions_change_nothing(admin: Client, coll: str) -> None:
     rid = ds.insert(coll, {"n": 1, "s": "x", "tags": []})["id"]
     for attempt in (lambda: ds.increment(coll, rid, "s"),
                     lambda: ds.divide(coll, rid, "n", 0),
+                    lambda: ds.multiply(coll, rid, "n", 2**63),
                     lambda: ds.push(coll, rid, "s", 1),
                     lambda: ds.increment(coll, rid, "id"),
                     lambda: ds.increment(coll, rid, "_sys"),

@@ -5,7 +5,7 @@
 | GET | ``/api/collections`` | any | → ``{"collections": [readable names]}`` |
 | POST | ``/api/collections/{c}`` | admin | → ``{"collection": c}`` (409 if it exists) |
 | DELETE | ``/api/collections/{c}`` | admin | → ``{"dropped": c}`` |
-| POST | ``/api/insert/{c}`` | write | record → stored record (projected, with ``id``) |
+| POST | ``/api/insert/{c}?ttl`` | write | record (a ``ttl`` key: its expiry) → stored record |
 | GET | ``/api/find/{c}/{id}?select_fields&exclude_fields`` | read | → record (projected) |
 | POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, select_fields,
 exclude_fields}`` → ``[records]`` |
