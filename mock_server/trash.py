@@ -14,7 +14,9 @@ Record TTL. ``insert`` with a ``ttl`` (seconds or a duration such as ``"1h"``) s
 record's expiry in ``ds_expiry`` in the insert's own transaction. The sweeper deletes due
 records through :meth:`DataStore.delete` as a system caller, so the deletion is audited and
 emits the DataBus ``delete`` event like any other; expired records skip the trash (expiry
-means gone). A record disappears at most one sweep interval (0.25 s by default) after its
+means gone). Deleting a record drops its expiry, so a restored record has no TTL and an id
+upserted later is a new record; a dropped collection's expiries never touch its successor.
+A record disappears at most one sweep interval (0.25 s by default) after its
 TTL. This module reaches into DataStore internals (sealing, rows, events): it is its
 companion, kept apart so the DataStore stays readable.
 """
@@ -56,6 +58,7 @@ register_schema(
         name BLOB NOT NULL,
         rid BLOB NOT NULL,
         expires_at REAL NOT NULL,
+        scheduled_at REAL NOT NULL,
         PRIMARY KEY (cidx, ridx)
     );
     CREATE INDEX IF NOT EXISTS ds_expiry_due ON ds_expiry(expires_at);
@@ -179,6 +182,13 @@ class RecordTtl:
         self._storage = storage
         self._keyring = keyring
         self._clock = clock
+        datastore.removal_hooks.append(self._forget)
+
+    def _forget(self, conn: sqlite3.Connection, collection: str, cidx: bytes, record_id: str,
+                caller: Caller) -> None:
+        """A deleted record's expiry goes with it (an id upserted later is a new record)."""
+        conn.execute("DELETE FROM ds_expiry WHERE cidx = ? AND ridx = ?",
+                     (cidx, self._ds._ridx(collection, record_id)))
 
     def insert(self, caller: Caller, collection: object, record: object,
                query_ttl: str | None = None) -> dict[str, Any]:
@@ -209,25 +219,29 @@ class RecordTtl:
         ridx = self._ds._ridx(collection, record_id)
         place = aad("expiry", ridx.hex())
         conn.execute(
-            "INSERT OR REPLACE INTO ds_expiry(cidx, ridx, name, rid, expires_at) "
-            "VALUES (?,?,?,?,?)",
+            "INSERT OR REPLACE INTO ds_expiry(cidx, ridx, name, rid, expires_at, scheduled_at) "
+            "VALUES (?,?,?,?,?,?)",
             (cidx, ridx, self._keyring.encrypt(_SERVICE, "", collection.encode(), place),
-             self._keyring.encrypt(_SERVICE, "", record_id.encode(), place), expires_at))
+             self._keyring.encrypt(_SERVICE, "", record_id.encode(), place), expires_at,
+             self._clock()))
 
     def expire_due(self) -> int:
         """Delete the records whose TTL has passed (sweeper task); how many went."""
         rows = self._storage.conn.execute(
-            "SELECT cidx, ridx, name, rid FROM ds_expiry WHERE expires_at <= ? "
-            "ORDER BY expires_at LIMIT ?", (self._clock(), EXPIRE_BATCH)).fetchall()
+            "SELECT e.cidx, e.ridx, e.name, e.rid, e.scheduled_at >= c.created_at "
+            "FROM ds_expiry e LEFT JOIN ds_collections c ON c.cidx = e.cidx "
+            "WHERE e.expires_at <= ? ORDER BY e.expires_at LIMIT ?",
+            (self._clock(), EXPIRE_BATCH)).fetchall()
         gone = 0
-        for cidx, ridx, sealed_name, sealed_rid in rows:
+        for cidx, ridx, sealed_name, sealed_rid, same_collection in rows:
             place = aad("expiry", ridx.hex())
             name = self._keyring.decrypt(_SERVICE, "", sealed_name, place).decode()
             record_id = self._keyring.decrypt(_SERVICE, "", sealed_rid, place).decode()
             with self._storage.transaction() as conn:
                 try:
-                    self._ds.delete(EXPIRY_CALLER, name, record_id)
-                    gone += 1
+                    if same_collection:  # not a dropped collection's name made again
+                        self._ds.delete(EXPIRY_CALLER, name, record_id)
+                        gone += 1
                 except ApiError as exc:
                     if exc.status != 404:  # already deleted, or the collection dropped
                         raise

@@ -154,3 +154,13 @@ def test_trash_retention_and_recreated_collection(ekodb_server_factory: Any) -> 
         ds.drop_collection("t")
         ds.create_collection("t")
         assert ds.restore_all("t") == 0  # a dropped collection's trash never comes back
+
+
+def test_an_id_reused_after_delete_does_not_inherit_the_ttl(admin: Client, coll: str) -> None:
+    ds = admin.datastore
+    rid = ds.insert(coll, {"n": 1}, ttl=0.3)["id"]
+    ds.delete(coll, rid)
+    ds.upsert(coll, rid, {"n": 2})
+    sentinel = ds.insert(coll, {"n": 3}, ttl=0.3)["id"]  # due after the first one
+    eventually(lambda: _gone(admin, coll, sentinel))
+    assert ds.get(coll, rid) == {"id": rid, "n": 2}
