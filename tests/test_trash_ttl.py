@@ -164,3 +164,18 @@ def test_an_id_reused_after_delete_does_not_inherit_the_ttl(admin: Client, coll:
     sentinel = ds.insert(coll, {"n": 3}, ttl=0.3)["id"]  # due after the first one
     eventually(lambda: _gone(admin, coll, sentinel))
     assert ds.get(coll, rid) == {"id": rid, "n": 2}
+
+
+async def test_async_ttl_and_restore(async_admin: Any) -> None:
+    ds = async_admin.datastore
+    coll = f"trash_{uuid.uuid4().hex[:8]}"
+    await ds.create_collection(coll)
+    try:
+        rid = (await ds.insert(coll, {"n": 1}, ttl=3600))["id"]
+        await ds.delete(coll, rid)
+        assert await ds.restore(coll, rid) is True
+        await ds.batch_delete(coll, [rid])
+        assert await ds.restore_all(coll) == 1
+        assert await ds.get(coll, rid) == {"id": rid, "n": 1}
+    finally:
+        await ds.drop_collection(coll)
