@@ -267,4 +267,3 @@ class DataStore(Service[E]):
     distinct = endpoint(_actions._distinct)
     restore = endpoint(_actions._restore)
     restore_all = endpoint(_actions._restore_all)
-

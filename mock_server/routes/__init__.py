@@ -10,23 +10,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mock_server.routes import (
-    actions,
-    audit,
-    auth,
-    blobs,
-    databus,
-    datastore,
-    keys,
-    kv,
-    system,
-    trash,
-    ws,
-)
+from mock_server.routes import audit, auth, blobs, databus, datastore, keys, system, ws
+from mock_server.routes.actions import router as actions_router
+from mock_server.routes.kv import router as kv_router
 from mock_server.routes.queues import dedupq_router, queue_router
+from mock_server.routes.trash import router as trash_router
 
 ROUTERS: list[APIRouter] = [system.router, auth.router, keys.router, audit.router,
                             blobs.router, databus.router, ws.router]
 ROUTERS += [queue_router, dedupq_router]
 ROUTERS += [datastore.router]
-ROUTERS += [kv.router, actions.router, trash.router]
+ROUTERS += [kv_router, actions_router, trash_router]
