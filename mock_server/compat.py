@@ -1,7 +1,8 @@
 """Options ekoDB's official client (0.31.0) sends that the reference server accepts.
 
 The official client serialises every optional field of a find as an explicit ``null`` and
-adds ``bypass_ripple`` to each batch item; options also travel as query parameters. We take
+adds ``bypass_ripple`` to each batch item (ekoDB's own examples also put it, and
+``transaction_id``, at the top of a batch body); options also travel as query parameters. We take
 ``null`` to mean "not given" and check the type of every value we accept, while any other
 unknown key is still refused (400), so a typo never silently changes a request's meaning.
 
@@ -21,10 +22,11 @@ from typing import Any, Final
 
 from mock_server.errors import bad_request
 
-__all__ = ["FIND_OPTIONS", "ITEM_OPTIONS", "parse_flag", "strip_options"]
+__all__ = ["BATCH_OPTIONS", "FIND_OPTIONS", "ITEM_OPTIONS", "parse_flag", "strip_options"]
 
 FIND_OPTIONS: Final = ("bypass_cache", "bypass_ripple", "join", "transaction_id")
 ITEM_OPTIONS: Final = ("bypass_ripple",)
+BATCH_OPTIONS: Final = ("bypass_ripple", "transaction_id")
 MAX_TRANSACTION_ID: Final = 128
 _TRUE: Final = frozenset({"true", "1"})
 _FALSE: Final = frozenset({"false", "0"})

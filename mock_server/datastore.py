@@ -44,7 +44,7 @@ from typing import Any, Final, Protocol
 
 from mock_server.audit import AuditLog
 from mock_server.changes import Change, ChangeFeed, Operation
-from mock_server.compat import FIND_OPTIONS, ITEM_OPTIONS, strip_options
+from mock_server.compat import BATCH_OPTIONS, FIND_OPTIONS, ITEM_OPTIONS, strip_options
 from mock_server.crypto import DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError, bad_request, forbidden
 from mock_server.permissions import (
@@ -552,6 +552,7 @@ class DataStore:
         """Whole-request shape checks: ``{key: [ {item_keys...} ]}`` within the size limit."""
         if not isinstance(body, dict):
             raise _invalid("the batch body must be a JSON object")
+        body = strip_options(body, BATCH_OPTIONS)
         if set(body) != {key}:
             raise _invalid(f"the batch body must have exactly one key, {key!r}")
         items = body[key]
@@ -630,6 +631,7 @@ class DataStore:
         name = _check_collection(collection)
         self._require(caller, name, Level.WRITE)
         if isinstance(body, dict) and "filter" in body:
+            body = strip_options(body, BATCH_OPTIONS)
             if set(body) != {"filter"} or body["filter"] is None:
                 raise _invalid("a delete by filter takes exactly one key, 'filter' (not null)")
             return self._delete_matching(caller, name, body["filter"])

@@ -74,18 +74,22 @@ class _DeleteItem(BaseModel):
     bypass_ripple: bool | None = None
 
 
-class _BatchInsertDoc(BaseModel):
+class _BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # sent by ekoDB's examples at the top of a batch body (mock_server.compat)
+    bypass_ripple: bool | None = None
+    transaction_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class _BatchInsertDoc(_BatchOptions):
     inserts: list[_InsertItem] = Field(max_length=MAX_BATCH)
 
 
-class _BatchUpdateDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _BatchUpdateDoc(_BatchOptions):
     updates: list[_UpdateItem] = Field(max_length=MAX_BATCH)
 
 
-class _BatchDeleteDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _BatchDeleteDoc(_BatchOptions):
     deletes: list[_DeleteItem] | None = Field(default=None, max_length=MAX_BATCH)
     filter: dict[str, Any] | None = None
 

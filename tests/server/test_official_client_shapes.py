@@ -82,6 +82,13 @@ def test_batch_routes_with_bypass_ripple_per_item(api: Api, h: H, coll: str) -> 
         {"id": ids[0], "bypass_ripple": None}, {"id": ids[1], "bypass_ripple": None}]})
     assert r.status_code == 200 and r.json() == {"successful": ids, "failed": []}, r.text
     assert _find(api, h, coll) == []
+    # ekoDB's examples also put bypass_ripple at the top of a batch body
+    r = api.http.post(f"/api/batch/insert/{coll}", headers=h, json={
+        "inserts": [{"data": {"n": 3}}], "bypass_ripple": False})
+    assert r.status_code == 200 and len(r.json()["successful"]) == 1, r.text
+    r = api.http.request("DELETE", f"/api/batch/delete/{coll}", headers=h, json={
+        "filter": _cond("n", "Eq", 3), "bypass_ripple": None})
+    assert r.status_code == 200 and len(r.json()["successful"]) == 1, r.text
 
 
 def test_collection_routes(api: Api, h: H, coll: str) -> None:
@@ -150,6 +157,8 @@ def test_unknown_keys_and_wrong_types_are_still_refused(api: Api, h: H, coll: st
         ("DELETE", "delete", {"deletes": [{"ids": [rid]}]}),
         ("DELETE", "delete", {"deletes": [{"id": rid, "bypass_ripple": "x"}]}),
         ("DELETE", "delete", {"deletes": [rid]}),
+        ("POST", "insert", {"inserts": [{"data": {"n": 2}}], "bypass_ripple": "no"}),
+        ("DELETE", "delete", {"filter": None, "bypass_ripple": None}),
     ]
     for method, op, body in bad_batches:
         r = api.http.request(method, f"/api/batch/{op}/{coll}", json=body, headers=h)
