@@ -14,6 +14,7 @@ import pytest
 
 from ekoclient import AsyncAuthenticator, AsyncClient, Authenticator, Client
 from ekoclient.errors import InvalidArgumentError, PermissionDeniedError, ValidationError
+from mock_server.testing import ServerProcess
 
 
 def _p(prefix: str = "k") -> str:
@@ -202,3 +203,18 @@ def test_keys_and_values_encrypted_at_rest(admin: Client, ekodb_server: Any) -> 
     assert any(f.name.endswith("-wal") for f in files)
     assert [f.name for f in files if marker.encode() in f.read_bytes()] == []
     assert admin.kv.get(f"name{marker}") == {"v": f"VALUE{marker}"}
+
+
+def test_acknowledged_kv_writes_survive_sigkill(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "data") as proc:
+        key = proc.admin_key
+        assert key is not None
+        with Client(base_url=proc.url, api_key=key, ca_bundle=str(proc.ca_bundle)) as c:
+            c.kv.set("durable.a", {"n": 1})
+            c.kv.set_many({"durable.b": 2, "durable.c": 3}, ttl=3600)
+            c.kv.delete("durable.c")
+        proc.kill()
+        proc.restart()
+        with Client(base_url=proc.url, api_key=key, ca_bundle=str(proc.ca_bundle)) as c:
+            assert c.kv.get_many(["durable.a", "durable.b", "durable.c"]) == {
+                "durable.a": {"n": 1}, "durable.b": 2}
