@@ -91,9 +91,26 @@ def test_batch_routes_with_bypass_ripple_per_item(api: Api, h: H, coll: str) -> 
     assert r.status_code == 200 and len(r.json()["successful"]) == 1, r.text
 
 
-def test_collection_routes(api: Api, h: H, coll: str) -> None:
-    r = api.http.get("/api/collections", headers={**h, "Accept": "application/json"})
-    assert r.status_code == 200 and coll in r.json()["collections"]
+def test_collection_and_health_routes(api: Api, h: H) -> None:
+    name = f"shape_{uuid.uuid4().hex[:10]}"
+    accept = {**h, "Accept": "application/json"}
+    assert api.http.post(f"/api/collections/{name}", headers=accept).status_code == 200
+    r = api.http.get("/api/collections", headers=accept)
+    assert r.status_code == 200 and name in r.json()["collections"]
+    assert api.http.delete(f"/api/collections/{name}", headers=accept).status_code == 200
+    assert api.http.get("/api/health").status_code == 200
+
+
+def test_trash_routes_without_a_body(api: Api, h: H, coll: str) -> None:
+    ids = [api.http.post(f"/api/insert/{coll}", json={"n": i}, headers=h).json()["id"]
+           for i in range(3)]
+    for rid in ids:
+        api.http.delete(f"/api/delete/{coll}/{rid}", headers=h)
+    r = api.http.post(f"/api/trash/{coll}/{ids[0]}", headers=h)  # no body, no content type
+    assert r.status_code == 200 and r.json()["restored"] is True, r.text
+    r = api.http.post(f"/api/trash/{coll}", headers=h)
+    assert r.status_code == 200 and r.json()["records_restored"] == 2, r.text
+    assert sorted(x["n"] for x in _find(api, h, coll)) == [0, 1, 2]
 
 
 def test_kv_routes(api: Api, h: H) -> None:
