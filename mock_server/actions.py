@@ -9,7 +9,8 @@ Decisions worth knowing:
 
 - A missing field counts as ``0`` for arithmetic, ``[]`` for array actions and ``""`` for
   ``append``; any other type mismatch is 400 and changes nothing. Error messages name the
-  field and the action, never the field's current value or type (it may be hidden).
+  field and the action, never the field's current value (the field may be hidden from the
+  caller); results stay finite doubles or 64-bit integers.
 - ``pop``/``shift`` on an empty array leave it empty; ``remove`` drops every element equal
   to the value; ``clear`` resets to the type's empty value (0, "", [], {}, false).
 - A sequence applies its actions in order to one working copy and writes once; it may not
