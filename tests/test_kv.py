@@ -81,7 +81,7 @@ async def test_async_client_and_view(async_admin: AsyncClient) -> None:
 
 def test_ttl_expires_for_real(admin: Client) -> None:
     p = _p()
-    admin.kv.set(f"{p}.t", "soon gone", ttl=0.5)
+    admin.kv.set(f"{p}.t", "soon gone", ttl=1.0)
     admin.kv.set(f"{p}.keep", "stays")
     assert admin.kv.get(f"{p}.t") == "soon gone"
     eventually(lambda: admin.kv.get(f"{p}.t") is None)
@@ -96,7 +96,7 @@ def test_ttl_expires_for_real(admin: Client) -> None:
 def test_expired_entries_are_purged(ekodb_server_factory: Any) -> None:
     info = ekodb_server_factory(kv_purge_grace=0.0, sweep_interval=0.05)
     with Client(base_url=info.url, api_key=info.admin_key, ca_bundle=info.ca_bundle) as c:
-        c.kv.set_many({"gone.1": 1, "gone.2": 2}, ttl=0.2)
+        c.kv.set_many({"gone.1": 1, "gone.2": 2}, ttl=1.0)
         c.kv.set("kept", 3)
         assert info.server.state.kv.count() == 3
         eventually(lambda: info.server.state.kv.count() == 1)

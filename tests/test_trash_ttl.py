@@ -43,7 +43,7 @@ def test_record_with_ttl_disappears_and_emits_delete_event(admin: Client, coll: 
     sub = f"ttl_{secrets.token_hex(4)}"
     admin.databus.subscribe(sub, collections=[coll])
     try:
-        short = admin.datastore.insert(coll, {"n": 1}, ttl=0.3)
+        short = admin.datastore.insert(coll, {"n": 1}, ttl=1.0)
         keep = admin.datastore.insert(coll, {"n": 2})
         assert "ttl" not in short and admin.datastore.get(coll, short["id"]) == short
         eventually(lambda: _gone(admin, coll, short["id"]))
@@ -158,10 +158,10 @@ def test_trash_retention_and_recreated_collection(ekodb_server_factory: Any) -> 
 
 def test_an_id_reused_after_delete_does_not_inherit_the_ttl(admin: Client, coll: str) -> None:
     ds = admin.datastore
-    rid = ds.insert(coll, {"n": 1}, ttl=0.3)["id"]
+    rid = ds.insert(coll, {"n": 1}, ttl=2)["id"]
     ds.delete(coll, rid)
     ds.upsert(coll, rid, {"n": 2})
-    sentinel = ds.insert(coll, {"n": 3}, ttl=0.3)["id"]  # due after the first one
+    sentinel = ds.insert(coll, {"n": 3}, ttl=2)["id"]  # due after the first one
     eventually(lambda: _gone(admin, coll, sentinel))
     assert ds.get(coll, rid) == {"id": rid, "n": 2}
 
