@@ -38,6 +38,7 @@ from ._services.admin import Admin
 from ._services.blobstore import BlobStore
 from ._services.databus import DataBus
 from ._services.datastore import DataStore
+from ._services.kv import KV
 from ._services.queue import DedupQueue, Queue
 from ._tokens import Credential, RateLimitInfo
 from .errors import ConfigurationError
@@ -83,6 +84,10 @@ class ServiceSet(Generic[E]):
     @cached_property
     def datastore(self) -> DataStore[E]:
         return DataStore(self._executor, self._credential)
+
+    @cached_property
+    def kv(self) -> KV[E]:
+        return KV(self._executor, self._credential)
 
     @cached_property
     def queue(self) -> Queue[E]:

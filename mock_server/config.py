@@ -69,6 +69,13 @@ class ServerConfig:
     transaction_ttl: float = 300.0
     #: Threads for blocking work (SQLite, crypto) per process; anyio's default is 40.
     worker_threads: int = 40
+    #: Expired KV entries are purged this many seconds after they expire (until then
+    #: ``find(include_expired=True)`` lists them; reads miss from the moment they expire).
+    kv_purge_grace: float = 60.0
+    #: How long deleted records stay restorable from the trash, in seconds.
+    trash_retention: float = 7 * 86400.0
+    #: How often the sweeper expires records with a TTL and purges KV entries and trash.
+    sweep_interval: float = 0.25
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()

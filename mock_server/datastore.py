@@ -50,6 +50,7 @@ from typing import Any, Final, Protocol
 
 from mock_server.audit import AuditLog
 from mock_server.changes import Change, ChangeFeed, Operation
+from mock_server.compat import BATCH_OPTIONS, FIND_OPTIONS, ITEM_OPTIONS, strip_options
 from mock_server.crypto import DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError, bad_request, forbidden
 from mock_server.permissions import (
@@ -90,6 +91,7 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _SERVICE: Final = "datastore"
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "select_fields", "exclude_fields")
 
 register_schema(
@@ -291,6 +293,10 @@ class DataStore:
         self._max_batch = max_batch
         self._clock = clock
         self._schemas = SchemaStore(keyring)
+        #: Called inside the transaction just before a record row is deleted, with
+        #: (connection, collection, cidx, record id, caller): the trash keeps a copy.
+        self.removal_hooks: list[Callable[[sqlite3.Connection, str, bytes, str, Caller],
+                                          None]] = []
 
     # ---------------------------------------------------------------- crypto & rows
 
@@ -399,6 +405,8 @@ class DataStore:
         if (overlay := OVERLAY.get()) is not None:
             overlay.stage(tx.conn, collection, cidx, record_id, None, None)
             return
+        for hook in self.removal_hooks:
+            hook(tx.conn, collection, cidx, record_id, caller)
         tx.conn.execute("DELETE FROM ds_records WHERE cidx = ? AND ridx = ?",
                         (cidx, self._ridx(collection, record_id)))
         self._record(tx, caller, operation, collection, record_id, "delete", None)
@@ -603,6 +611,7 @@ class DataStore:
         self._require(caller, name, Level.READ)
         if not isinstance(body, dict):
             raise _invalid("the find body must be a JSON object")
+        body = strip_options(body, FIND_OPTIONS)  # the official client's extra keys
         unknown = sorted(str(k) for k in body if k not in _FIND_KEYS)
         if unknown:
             raise _invalid(f"unknown key {_show(unknown[0])} in the find body; allowed keys "
@@ -637,6 +646,7 @@ class DataStore:
         """Whole-request shape checks: ``{key: [ {item_keys...} ]}`` within the size limit."""
         if not isinstance(body, dict):
             raise _invalid("the batch body must be a JSON object")
+        body = strip_options(body, BATCH_OPTIONS)
         if set(body) != {key}:
             raise _invalid(f"the batch body must have exactly one key, {key!r}")
         items = body[key]
@@ -645,6 +655,8 @@ class DataStore:
         if len(items) > self._max_batch:
             raise ApiError(413, "batch_too_large",
                            f"{key}: at most {self._max_batch} items per batch, got {len(items)}")
+        items = [strip_options(it, ITEM_OPTIONS, f"{key}[{i}].") if isinstance(it, dict)
+                 else it for i, it in enumerate(items)]
         for i, item in enumerate(items):
             if not isinstance(item, dict) or set(item) != set(item_keys):
                 raise _invalid(f"{key}[{i}]: expected an object with exactly the keys "
@@ -724,6 +736,7 @@ class DataStore:
         name = _check_collection(collection)
         self._require(caller, name, Level.WRITE)
         if isinstance(body, dict) and "filter" in body:
+            body = strip_options(body, BATCH_OPTIONS)
             if set(body) != {"filter"} or body["filter"] is None:
                 raise _invalid("a delete by filter takes exactly one key, 'filter' (not null)")
             return self._delete_matching(caller, name, body["filter"])
@@ -795,3 +808,72 @@ class DataStore:
     def require_collection(self, collection: str) -> None:
         """404 ``collection_not_found`` unless the collection exists (for change feeds)."""
         self._exists(self._storage.conn, collection)
+
+    # ---------------------------------------------------------------- extension points
+    # Used by mock_server.actions (atomic field actions, upsert, count, distinct): they keep
+    # every rule of this module (levels, field rules, encryption, audit, change events).
+
+    def modify(self, caller: Caller, collection: object, record_id: object,
+               compute: Callable[[dict[str, Any]], dict[str, Any]], *,
+               operation: str = "record.update") -> dict[str, Any]:
+        """Read a record, compute changes from it, write them: one transaction, so
+        concurrent modifies of one record serialise (``BEGIN IMMEDIATE``) and none is lost.
+        The computed changes pass the same checks as an update's body."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.WRITE)
+        with self._writing() as tx:
+            cidx = self._exists(tx.conn, name)
+            current = self._load(tx.conn, name, cidx, record_id)
+            if current is None:
+                raise ApiError(404, "not_found", "record not found")
+            body = _check_write(compute(copy.deepcopy(current)), "the changes")
+            self._require_fields(caller, name, body, current)
+            updated = self._put_update(tx, name, cidx, current["id"], current, body, caller,
+                                       operation)
+        return self._view(caller, name, updated)
+
+    def upsert(self, caller: Caller, collection: object, record_id: object,
+               record: object) -> tuple[dict[str, Any], bool]:
+        """Update (deep merge) the record with this id, or insert it under this id; atomic.
+        Returns the record as the caller sees it and whether it was created."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.WRITE)
+        if not isinstance(record_id, str) or not _CLIENT_ID.fullmatch(record_id):
+            raise _invalid(f"an upsert id is 1-{MAX_ID_LENGTH} characters of A-Z a-z 0-9 _ -")
+        body = _check_write(record, "a record")
+        self._require_fields(caller, name, body)
+        with self._writing() as tx:
+            cidx = self._exists(tx.conn, name)
+            current = self._load(tx.conn, name, cidx, record_id)
+            if current is None:
+                stored = self._put_new(tx, name, cidx, body, caller, "record.upsert",
+                                       record_id=record_id)
+            else:
+                self._require_fields(caller, name, body, current)
+                stored = self._put_update(tx, name, cidx, record_id, current, body, caller,
+                                          "record.upsert")
+        return self._view(caller, name, stored), current is None
+
+    def exists(self, caller: Caller, collection: object, record_id: object) -> bool:
+        """Whether a record with this id exists (READ needed: the same as a get)."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.READ)
+        conn = self._storage.conn
+        return self._load(conn, name, self._exists(conn, name), record_id) is not None
+
+    def matching(self, caller: Caller, collection: object,
+                 raw_filter: object) -> Iterator[dict[str, Any]]:
+        """Records matching a wire filter (None: all), projected through the caller's field
+        rules; 403 when the filter names a field the caller may not read."""
+        name = _check_collection(collection)
+        self._require(caller, name, Level.READ)
+        try:
+            flt = parse_filter(raw_filter)
+        except QueryError as exc:
+            raise _invalid(str(exc)) from None
+        if flt is not None:
+            self._require_readable(caller, name, set(flt.fields()))
+        conn = self._storage.conn
+        records = self._scan(conn, name, self._exists(conn, name))
+        scope = caller.scope
+        return (scope.project(name, r) for r in records if flt is None or flt.matches(r))

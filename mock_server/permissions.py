@@ -46,7 +46,7 @@ MAX_RULES = 256
 MAX_FIELDS = 256
 MAX_NAME_LENGTH = 128
 MAX_PATH_LENGTH = 256
-PREFIXES = ("blob:", "queue:", "dedupq:", "bus:")
+PREFIXES = ("blob:", "queue:", "dedupq:", "bus:", "kv:")
 
 _NAME_BODY = re.compile(r"[A-Za-z0-9_.\-]+")
 _PATTERN_BODY = re.compile(r"[A-Za-z0-9_.\-*]+")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mock_server.actions import RecordActions
 from mock_server.asgi import Scope, header
 from mock_server.audit import AuditLog
 from mock_server.auth import Authenticator, client_ip, forwarded_for, parse_networks
@@ -17,14 +18,17 @@ from mock_server.datastore import DataStore
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import IdempotencyStore
 from mock_server.keys import IPAddress, IPNetwork, KeyStore
+from mock_server.kv import KVStore
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
 from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, SqliteTatStore
 from mock_server.realtime import Realtime
 from mock_server.search import SearchService
 from mock_server.storage import Storage
+from mock_server.sweeper import Sweeper
 from mock_server.tokens import TokenService
 from mock_server.transactions import Transactions
+from mock_server.trash import RecordTtl, Trash
 
 
 @dataclass
@@ -62,6 +66,15 @@ class AppState:
     search: SearchService = field(init=False)
     #: ekoDB-style live change feeds (SSE and WebSocket ``Subscribe``), per process.
     realtime: Realtime = field(init=False)
+    #: Atomic field actions, upsert, count, distinct over `datastore` (mock_server.actions).
+    actions: RecordActions = field(init=False)
+    #: Deleted records kept restorable, and inserts with a TTL (mock_server.trash).
+    trash: Trash = field(init=False)
+    record_ttl: RecordTtl = field(init=False)
+    #: KV entries (mock_server.kv).
+    kv: KVStore = field(init=False)
+    #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
+    sweeper: Sweeper = field(init=False)
 
     def __post_init__(self) -> None:
         self.bus = DataBus(self.storage, self.keyring, self.changes)
@@ -74,6 +87,13 @@ class AppState:
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)
+        self.actions = RecordActions(self.datastore)
+        self.kv = KVStore(self.storage, self.keyring, self.audit,
+                          purge_grace=self.config.kv_purge_grace)
+        self.trash = Trash(self.datastore, self.storage, retention=self.config.trash_retention)
+        self.record_ttl = RecordTtl(self.datastore, self.storage, self.keyring)
+        self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge],
+                               self.config.sweep_interval)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:
@@ -108,6 +128,7 @@ class AppState:
         state.admin_key = keys.bootstrap(env)
         state.blobs = BlobStore(storage, keyring, config.data_dir / "blobs",
                                 config.body_limit_for("/api/blob/"))
+        state.sweeper.start()
         return state
 
     def client_ip_of(self, scope: Scope) -> IPAddress | None:
@@ -120,6 +141,7 @@ class AppState:
         return self.authenticator.key_id_of(header(scope, b"authorization"))
 
     def close(self) -> None:
+        self.sweeper.stop()
         self.idempotency.close()
         self.key_limits.close()
         self.storage.close()

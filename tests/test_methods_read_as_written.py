@@ -35,6 +35,7 @@ def test_writes_show_the_idempotency_key_keyword() -> None:
     with Client(base_url="https://127.0.0.1:9") as client:
         sig = inspect.signature(client.datastore.insert)
         assert str(sig) == ("(collection: 'str', record: 'Record', *, "
+                            "ttl: 'float | dt.timedelta | None' = None, "
                             "idempotency_key: 'str | None' = None) -> 'dict[str, Any]'")
         send = inspect.signature(client.queue.send)
         assert list(send.parameters) == ["queue", "message", "idempotency_key"]  # no prefix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -18,6 +19,7 @@ from .._paging import Pager, paged
 from .._service import E, Service, WriteOptions, endpoint
 from ..errors import InvalidArgumentError
 from ..models import BatchResult, SearchHit
+from . import actions as _actions
 
 if TYPE_CHECKING:
     from .transaction import Transaction
@@ -135,12 +137,18 @@ def _list_collections() -> Call[list[str]]:
     return json_call("GET", "/api/collections", lambda r: list(r.json()["collections"]))
 
 
-def _insert(collection: str, record: Record,
+def _insert(collection: str, record: Record, *, ttl: float | dt.timedelta | None = None,
             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Insert a record (a mapping or a pydantic model; datetimes, UUIDs and Decimals are sent
-    as ISO/str strings, as pydantic writes them); returns it as stored, with its new ``id``."""
+    as ISO/str strings, as pydantic writes them); returns it as stored, with its new ``id``.
+    With ``ttl`` (seconds) the record is deleted that long after (a DataBus delete event)."""
+    body = _record_body(record, "a record")
+    if ttl is not None:
+        if "ttl" in body:
+            raise InvalidArgumentError("give the time to live once: ttl= or a 'ttl' field")
+        body["ttl"] = _actions.ttl_wire(ttl)
     return json_call("POST", f"/api/insert/{segment(collection, 'collection')}", _record,
-                     _record_body(record, "a record"))
+                     body)
 
 
 def _get(
@@ -459,3 +467,24 @@ class DataStore(Service[E]):
     else:
         get = endpoint(_get)
         find = endpoint(_find)
+
+    # atomic field actions and server-side helpers (``_services/actions.py``)
+    increment = endpoint(_actions._increment)
+    decrement = endpoint(_actions._decrement)
+    multiply = endpoint(_actions._multiply)
+    divide = endpoint(_actions._divide)
+    modulo = endpoint(_actions._modulo)
+    push = endpoint(_actions._push)
+    pop = endpoint(_actions._pop)
+    shift = endpoint(_actions._shift)
+    unshift = endpoint(_actions._unshift)
+    remove = endpoint(_actions._remove)
+    append = endpoint(_actions._append)
+    clear = endpoint(_actions._clear)
+    apply = endpoint(_actions._apply)
+    upsert = endpoint(_actions._upsert)
+    count = endpoint(_actions._count)
+    exists = endpoint(_actions._exists)
+    distinct = endpoint(_actions._distinct)
+    restore = endpoint(_actions._restore)
+    restore_all = endpoint(_actions._restore_all)

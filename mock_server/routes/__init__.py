@@ -22,10 +22,14 @@ from mock_server.routes import (
     ws,
 )
 from mock_server.routes import search as search_routes
+from mock_server.routes.actions import router as actions_router
+from mock_server.routes.kv import router as kv_router
 from mock_server.routes.queues import dedupq_router, queue_router
+from mock_server.routes.trash import router as trash_router
 
 ROUTERS: list[APIRouter] = [system.router, auth.router, keys.router, audit.router,
                             blobs.router, databus.router, ws.router]
 ROUTERS += [queue_router, dedupq_router]
 ROUTERS += [datastore.router]
 ROUTERS += [search_routes.router, transactions.router]
+ROUTERS += [kv_router, actions_router, trash_router]

@@ -5,7 +5,7 @@
 | GET | ``/api/collections`` | any | → ``{"collections": [readable names]}`` |
 | POST | ``/api/collections/{c}`` | admin | → ``{"collection": c}`` (409 if it exists) |
 | DELETE | ``/api/collections/{c}`` | admin | → ``{"dropped": c}`` |
-| POST | ``/api/insert/{c}`` | write | record → stored record (projected, with ``id``) |
+| POST | ``/api/insert/{c}?ttl`` | write | record (a ``ttl`` key: its expiry) → stored record |
 | GET | ``/api/find/{c}/{id}?select_fields&exclude_fields`` | read | → record (projected) |
 | POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, select_fields,
 exclude_fields}`` → ``[records]`` |
@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -38,10 +38,11 @@ from mock_server.auth import Principal
 from mock_server.datastore import MAX_BATCH, split_fields
 from mock_server.errors import bad_request
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.routes.compat import client_options
 from mock_server.routes.deps import CurrentPrincipal, State
 from mock_server.state import AppState
 
-router = APIRouter(tags=["datastore"])
+router = APIRouter(tags=["datastore"], dependencies=[Depends(client_options)])
 
 T = TypeVar("T")
 Fields = Annotated[str | None, Query(max_length=8192)]
@@ -59,11 +60,17 @@ class _FindDoc(BaseModel):
     skip: int | None = Field(default=None, ge=0)
     select_fields: list[str] | None = None
     exclude_fields: list[str] | None = None
+    # sent by the official ekoDB client (mock_server.compat)
+    bypass_cache: bool | None = None
+    bypass_ripple: bool | None = None
+    transaction_id: str | None = Field(default=None, min_length=1, max_length=128)
+    join: None = None
 
 
 class _InsertItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: dict[str, Any]
+    bypass_ripple: bool | None = None
 
 
 class _UpdateItem(_InsertItem):
@@ -73,20 +80,25 @@ class _UpdateItem(_InsertItem):
 class _DeleteItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
+    bypass_ripple: bool | None = None
 
 
-class _BatchInsertDoc(BaseModel):
+class _BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # sent by ekoDB's examples at the top of a batch body (mock_server.compat)
+    bypass_ripple: bool | None = None
+    transaction_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class _BatchInsertDoc(_BatchOptions):
     inserts: list[_InsertItem] = Field(max_length=MAX_BATCH)
 
 
-class _BatchUpdateDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _BatchUpdateDoc(_BatchOptions):
     updates: list[_UpdateItem] = Field(max_length=MAX_BATCH)
 
 
-class _BatchDeleteDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _BatchDeleteDoc(_BatchOptions):
     deletes: list[_DeleteItem] | None = Field(default=None, max_length=MAX_BATCH)
     filter: dict[str, Any] | None = None
 
@@ -142,10 +154,17 @@ def drop_collection(collection: str, principal: CurrentPrincipal,
 
 @router.post("/api/insert/{collection}", openapi_extra=_RECORD_DOC)
 async def insert(collection: str, request: Request, principal: CurrentPrincipal,
-                 state: State, transaction_id: TxId = None) -> dict[str, Any]:
+                 state: State, transaction_id: TxId = None,
+                 ttl: Annotated[str | None, Query(max_length=32)] = None) -> dict[str, Any]:
     body = await _body(request)
-    return await _run(_in, state, principal, _tx_of(transaction_id), state.datastore.insert,
-                      collection, body)
+    txid = _tx_of(transaction_id)
+    if txid is None:
+        # a "ttl" (body, ekoDB's shape, or query) schedules the record's expiry
+        return await _run(state.record_ttl.insert, principal, collection, body, ttl)
+    if ttl is not None or (isinstance(body, dict) and "ttl" in body):
+        raise bad_request("a record TTL cannot be set inside a transaction: insert it, "
+                          "then set its TTL after commit", "validation_error")
+    return await _run(_in, state, principal, txid, state.datastore.insert, collection, body)
 
 
 @router.get("/api/find/{collection}/{record_id}")

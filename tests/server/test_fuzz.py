@@ -186,6 +186,7 @@ def _existing(fuzz: Fuzz) -> dict[str, str]:
     http.post("/api/collections/fuzz", headers=h)
     http.post("/api/queue/fuzz/send", json={"n": 1}, headers=h)
     http.post("/api/dedupq/fuzz/send", json={"n": 1}, headers=h)
+    http.post("/api/kv/set/fuzz", json={"value": 1}, headers=h)
     record = http.post("/api/insert/fuzz", json={"n": 1, "s": "x"}, headers=h)
     key = http.post("/api/auth/register", json={"label": "fuzz-target"}, headers=h)
     assert record.status_code == 200 and key.status_code == 200, (record.text, key.text)
@@ -194,7 +195,8 @@ def _existing(fuzz: Fuzz) -> dict[str, str]:
     http.post(f"/api/transactions/{txid}/savepoints", json={"name": "fuzz"}, headers=h)
     return {"table": "fuzz", "blob_id": "b1", "name": "fuzz", "collection": "fuzz",
             "record_id": str(record.json()["id"]), "key_id": str(key.json()["key_id"]),
-            "from": "fuzz", "to": "fuzz2", "transaction_id": txid}
+            "from": "fuzz", "to": "fuzz2", "transaction_id": txid, "key": "fuzz",
+            "action": "increment", "field": "n"}
 
 
 def _can_be_invalid(definition: dict[str, Any], fixed: set[str]) -> bool:
