@@ -1,0 +1,240 @@
+"""Authorization over the wire (issue 13, items 4-8 and 11): field rules through arrays on
+every channel, deletes under field rules, the queue permission table, delegated admins,
+idempotent replays and per-key DataBus names. Real server, real TLS sockets."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from mock_server.pytest_plugin import ServerInfo
+from tests.server.conftest import Api, assert_error
+
+H = dict[str, str]
+
+
+def key(api: Api, permissions: dict[str, Any], **extra: Any) -> H:
+    """Bearer headers of a fresh key with these collection permissions."""
+    return api.headers(api.create_key("authz", collection_permissions=permissions,
+                                      **extra)["api_key"])
+
+
+def collection(api: Api) -> str:
+    name = f"az_{uuid.uuid4().hex[:10]}"
+    r = api.http.post(f"/api/collections/{name}", headers=api.admin)
+    assert r.status_code == 200, r.text
+    return name
+
+
+def insert(api: Api, coll: str, record: dict[str, Any], h: H | None = None) -> str:
+    r = api.http.post(f"/api/insert/{coll}", json=record, headers=h or api.admin)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def get(api: Api, coll: str, rid: str, h: H | None = None) -> dict[str, Any]:
+    r = api.http.get(f"/api/find/{coll}/{rid}", headers=h or api.admin)
+    assert r.status_code == 200, r.text
+    record: dict[str, Any] = r.json()
+    return record
+
+
+# --------------------------------------------------------------- 4: field rules in arrays
+
+ORDER = {"customer": "ann", "items": [{"sku": "a", "qty": 1, "secret": "s-one"},
+                                      {"sku": "b", "qty": 2, "secret": "s-two",
+                                       "parts": [{"secret": "s-deep", "n": 1}]},
+                                      "note"]}
+
+
+def hidden(value: Any) -> bool:
+    """True when no secret of ORDER appears anywhere in ``value``."""
+    text = json.dumps(value)
+    return "s-one" not in text and "s-two" not in text and "s-deep" not in text
+
+
+@pytest.fixture
+def ws_open(ekodb_server: ServerInfo) -> Iterator[Any]:
+    opened: list[ClientConnection] = []
+    ctx = ssl.create_default_context(cafile=str(ekodb_server.ca_bundle))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # as in test_databus_server (sync client)
+    url = ekodb_server.url.replace("https://", "wss://") + "/api/ws"
+
+    def open_ws(h: H) -> ClientConnection:
+        ws = connect(url, ssl=ctx, open_timeout=10, close_timeout=2, additional_headers=h)
+        ws.__enter__()
+        opened.append(ws)
+        return ws
+
+    yield open_ws
+    for ws in opened:
+        ws.close()
+
+
+def recv_op(ws: ClientConnection, op: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        if frame["op"] == op:
+            return dict(frame)
+        assert frame["op"] in ("heartbeat", "pong", "acked", "subscribed"), frame
+
+
+def test_exclude_inside_arrays_holds_on_get_find_and_write_answers(api: Api) -> None:
+    coll = collection(api)
+    rid = insert(api, coll, ORDER)
+    h = key(api, {coll: {"read": True, "write": True,
+                         "exclude_fields": ["items.secret", "items.parts.secret"]}})
+    seen = get(api, coll, rid, h)
+    assert hidden(seen)
+    assert seen["items"][0] == {"sku": "a", "qty": 1}
+    assert seen["items"][1]["parts"] == [{"n": 1}]
+    assert seen["items"][2] == "note"  # exclusion keeps what it does not name
+    found = api.http.post(f"/api/find/{coll}", json={}, headers=h).json()
+    assert len(found) == 1 and hidden(found)
+    updated = api.http.put(f"/api/update/{coll}/{rid}", json={"customer": "bob"}, headers=h)
+    assert updated.status_code == 200 and hidden(updated.json())
+    # the secrets are still stored: only this key's view hides them
+    assert get(api, coll, rid)["items"][0]["secret"] == "s-one"
+
+
+def test_request_exclude_and_select_reach_into_arrays_too(api: Api) -> None:
+    coll = collection(api)
+    rid = insert(api, coll, ORDER)
+    r = api.http.get(f"/api/find/{coll}/{rid}", headers=api.admin,
+                     params={"exclude_fields": "items.secret,items.parts.secret"})
+    assert hidden(r.json())
+    r = api.http.post(f"/api/find/{coll}", headers=api.admin,
+                      json={"select_fields": ["items.sku"]})
+    assert r.json() == [{"id": rid, "items": [{"sku": "a"}, {"sku": "b"}]}]
+
+
+def test_select_inside_arrays_keeps_only_the_selected_members(api: Api) -> None:
+    coll = collection(api)
+    rid = insert(api, coll, ORDER)
+    h = key(api, {coll: {"read": True, "select_fields": ["customer", "items.sku"]}})
+    assert get(api, coll, rid, h) == {"id": rid, "customer": "ann",
+                                      "items": [{"sku": "a"}, {"sku": "b"}]}
+    r = api.http.post(f"/api/find/{coll}", json={"filter": {"type": "Condition", "content": {
+        "field": "items.secret", "operator": "Eq", "value": "s-one"}}}, headers=h)
+    assert_error(r, 403, "forbidden")
+
+
+def test_exclude_inside_arrays_holds_on_databus_poll_and_websocket(api: Api,
+                                                                   ws_open: Any) -> None:
+    coll = collection(api)
+    h = key(api, {coll: {"read": True, "exclude_fields": ["items.secret",
+                                                          "items.parts.secret"]},
+                  "bus:*": ["read", "write"]})
+    polled, pushed = "az_poll_" + secrets.token_hex(4), "az_push_" + secrets.token_hex(4)
+    for name in (polled, pushed):
+        r = api.http.put(f"/api/bus/subscriptions/{name}", json={"collections": [coll]},
+                         headers=h)
+        assert r.status_code == 200, r.text
+    ws = ws_open(h)
+    ws.send(json.dumps({"op": "subscribe", "subscription": pushed}))
+    recv_op(ws, "subscribed")
+    insert(api, coll, ORDER)
+    event = recv_op(ws, "event")["event"]
+    assert event["content"]["customer"] == "ann" and hidden(event)
+    r = api.http.post(f"/api/bus/subscriptions/{polled}/poll", headers=h)
+    (event,) = r.json()["events"]
+    assert event["content"]["items"][0] == {"sku": "a", "qty": 1} and hidden(event)
+    peeked = api.http.get(f"/api/bus/subscriptions/{polled}/peek", headers=h).json()
+    assert peeked["events"] and hidden(peeked)
+
+
+def test_writing_a_hidden_member_of_an_array_is_refused_without_echoing_values(
+        api: Api) -> None:
+    coll = collection(api)
+    rid = insert(api, coll, ORDER)
+    h = key(api, {coll: {"read": True, "write": True, "exclude_fields": ["items.secret"]}})
+    bad = {"items": [{"sku": "a", "qty": 1, "secret": "guess-value"}]}
+    err = assert_error(api.http.put(f"/api/update/{coll}/{rid}", json=bad, headers=h), 403)
+    assert "items.secret" in err["message"]
+    assert "guess-value" not in err["message"] and hidden(err)
+    # replacing the array would drop the members it cannot see: refused too
+    r = api.http.put(f"/api/update/{coll}/{rid}", json={"items": [{"sku": "a"}]}, headers=h)
+    assert_error(r, 403)
+    batch = api.http.put(f"/api/batch/update/{coll}", headers=h,
+                         json={"updates": [{"id": rid, "data": bad}]}).json()
+    assert batch["successful"] == [] and hidden(batch) and "guess-value" not in str(batch)
+    assert get(api, coll, rid)["items"][0]["secret"] == "s-one"
+
+
+def test_writable_fields_through_arrays_allow_exactly_those_members(api: Api) -> None:
+    coll = collection(api)
+    rid = insert(api, coll, {"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}]})
+    h = key(api, {coll: {"read": True, "write": True, "writable_fields": ["items.qty"]}})
+    ok = {"items": [{"sku": "a", "qty": 5}, {"sku": "b", "qty": 2}]}
+    r = api.http.put(f"/api/update/{coll}/{rid}", json=ok, headers=h)
+    assert r.status_code == 200, r.text
+    assert get(api, coll, rid)["items"] == ok["items"]
+    for bad in ({"items": [{"sku": "HACK", "qty": 5}, {"sku": "b", "qty": 2}]},  # other member
+                {"items": [{"sku": "a", "qty": 5}]},  # drops an element
+                {"items": [{"sku": "b", "qty": 2}, {"sku": "a", "qty": 5}]},  # reorders
+                {"items": [{"sku": "a", "qty": 5, "extra": 1}, {"sku": "b", "qty": 2}]}):
+        assert_error(api.http.put(f"/api/update/{coll}/{rid}", json=bad, headers=h), 403)
+    assert get(api, coll, rid)["items"] == ok["items"]
+    # an insert may create the writable members only
+    assert insert(api, coll, {"items": [{"qty": 1}]}, h)
+    r = api.http.post(f"/api/insert/{coll}", json={"items": [{"qty": 1, "sku": "x"}]}, headers=h)
+    assert_error(r, 403)
+
+
+def test_field_names_inside_arrays_must_be_addressable(api: Api) -> None:
+    coll = collection(api)
+    r = api.http.post(f"/api/insert/{coll}", json={"items": [{"a.b": 1}]}, headers=api.admin)
+    err = assert_error(r, 400, "validation_error")
+    assert "items.a.b" in err["message"]
+
+
+# --------------------------------------------------------------- 5: deletes
+
+def delete_via(api: Api, path: int, coll: str, rid: str, h: H) -> httpx.Response:
+    """One of the ways to delete one record: 0 by id, 1 batch by ids, 2 batch by filter."""
+    if path == 0:
+        return api.http.delete(f"/api/delete/{coll}/{rid}", headers=h)
+    body: dict[str, Any] = {"deletes": [{"id": rid}]} if path == 1 else {"filter": {
+        "type": "Condition", "content": {"field": "name", "operator": "Eq", "value": "keep"}}}
+    return api.http.request("DELETE", f"/api/batch/delete/{coll}", headers=h, json=body)
+
+
+@pytest.mark.parametrize("rule", [
+    {"read": True, "write": True, "writable_fields": ["name"]},
+    {"read": True, "write": True, "exclude_fields": ["ssn"]},
+    {"read": True, "write": True, "select_fields": ["name"]},
+], ids=["writable_fields", "exclude_fields", "select_fields"])
+def test_field_restricted_keys_cannot_delete_on_any_path(api: Api, rule: dict[str, Any]
+                                                         ) -> None:
+    coll = collection(api)
+    rid = insert(api, coll, {"name": "keep", "ssn": "123"})
+    h = key(api, {coll: rule})
+    for path in range(3):
+        err = assert_error(delete_via(api, path, coll, rid, h), 403, "forbidden")
+        assert "delete" in err["message"]
+    assert get(api, coll, rid)["name"] == "keep"
+
+
+@pytest.mark.parametrize("rule", [["read", "write"], ["admin"],
+                                  {"admin": True, "writable_fields": ["name"]}],
+                         ids=["read-write", "admin", "admin-with-field-rules"])
+def test_unrestricted_write_or_admin_level_may_delete(api: Api, rule: Any) -> None:
+    coll = collection(api)
+    h = key(api, {coll: rule})
+    for i in range(3):  # each path deletes its own record
+        rid = insert(api, coll, {"name": "keep"})
+        resp = delete_via(api, i, coll, rid, h)
+        assert resp.status_code == 200, (i, resp.text)
+        expected = {"deleted": rid} if i == 0 else {"successful": [rid], "failed": []}
+        assert resp.json() == expected
+        assert_error(api.http.get(f"/api/find/{coll}/{rid}", headers=api.admin), 404)
