@@ -238,3 +238,94 @@ def test_unrestricted_write_or_admin_level_may_delete(api: Api, rule: Any) -> No
         expected = {"deleted": rid} if i == 0 else {"successful": [rid], "failed": []}
         assert resp.json() == expected
         assert_error(api.http.get(f"/api/find/{coll}/{rid}", headers=api.admin), 404)
+
+
+# --------------------------------------------------------------- 6: queue permission table
+
+@pytest.mark.parametrize("kind", ["queue", "dedupq"])
+@pytest.mark.parametrize("levels", [["read"], "read_only_key"])
+def test_a_reading_key_cannot_empty_or_release_a_queue(api: Api, kind: str,
+                                                       levels: Any) -> None:
+    q = "azq_" + uuid.uuid4().hex[:10]
+    dest = q + "_to"
+    base = f"/api/{kind}/{q}"
+    r = api.http.post(f"{base}/sendbatch", json=["a", "b", "c"], headers=api.admin)
+    assert r.status_code == 200, r.text
+    (claimed,) = api.http.post(f"{base}/poll", params={"limit": 1}, headers=api.admin).json()
+    perms = {f"{kind}:*": ["read"] if levels == ["read"] else ["read", "write"]}
+    h = key(api, perms, read_only=levels == "read_only_key")
+    peeked = api.http.get(f"{base}/peek", headers=h).json()
+    assert len(peeked) == 3  # looking is allowed: peek, size, claimcount
+    assert api.http.get(f"{base}/size", headers=h).json() == {"size": 3}
+    assert api.http.get(f"{base}/claimcount", headers=h).json() == {"count": 1}
+    ids = [m["id"] for m in peeked]
+    for resp in (api.http.post(f"{base}/ack", json={"ids": ids}, headers=h),
+                 api.http.post(f"{base}/poll", headers=h),
+                 api.http.post(f"{base}/renew", json={"ids": [claimed["id"]]}, headers=h),
+                 api.http.post(f"{base}/unclaimall", headers=h),
+                 api.http.post(f"{base}/send", json="x", headers=h),
+                 api.http.delete(base, headers=h),
+                 api.http.post(f"/api/{kind}/_move", params={"from": q, "to": dest}, headers=h)):
+        err = assert_error(resp, 403, "forbidden")
+        assert "write" in err["message"]
+    assert api.http.get(f"{base}/size", headers=api.admin).json() == {"size": 3}
+    assert api.http.get(f"{base}/claimcount", headers=api.admin).json() == {"count": 1}
+
+
+def test_the_same_table_holds_on_the_databus(api: Api, ws_open: Any) -> None:
+    coll = collection(api)
+    new = api.create_key("bus", collection_permissions={coll: ["read"],
+                                                        "bus:*": ["read", "write"]})
+    h = api.headers(new["api_key"])
+    name = "az_tbl_" + secrets.token_hex(4)
+    base = f"/api/bus/subscriptions/{name}"
+    assert api.http.put(base, json={"collections": [coll]}, headers=h).status_code == 200
+    insert(api, coll, {"v": 1})
+    # narrowed to looking only: the subscription stays, consuming it does not
+    r = api.http.put(f"/api/auth/keys/{new['key_id']}", headers=api.admin, json={
+        "collection_permissions": {coll: ["read"], "bus:*": ["read"]}})
+    assert r.status_code == 200, r.text
+    h = api.headers(new["api_key"])  # the change revoked the key's tokens
+    (event,) = api.http.get(f"{base}/peek", headers=h).json()["events"]
+    assert api.http.get(f"{base}/size", headers=h).json() == {"size": 1}
+    assert api.http.get(base, headers=h).status_code == 200
+    for resp in (api.http.post(f"{base}/poll", headers=h),
+                 api.http.post(f"{base}/ack", json={"keys": [event["key"]]}, headers=h),
+                 api.http.post(f"{base}/renew", json={"keys": [event["key"]]}, headers=h),
+                 api.http.delete(base, headers=h),
+                 api.http.put(base, json={"collections": [coll]}, headers=h)):
+        assert_error(resp, 403, "forbidden")
+    ws = ws_open(h)  # a push claims events, as a poll does
+    ws.send(json.dumps({"op": "subscribe", "subscription": name}))
+    err = recv_op(ws, "error")
+    assert (err["code"], err["request"]) == ("forbidden", "subscribe")
+    assert api.http.get(f"{base}/size", headers=h).json() == {"size": 1}
+
+
+# --------------------------------------------------------------- 11: DataBus names per key
+
+def test_subscription_names_are_per_key_no_oracle_no_squatting(api: Api) -> None:
+    coll = collection(api)
+    perms = {coll: ["read"], "bus:*": ["read", "write"]}
+    ann, bob = key(api, perms), key(api, perms)
+    name = "az_jobs_" + secrets.token_hex(4)
+    base = f"/api/bus/subscriptions/{name}"
+    assert api.http.put(base, json={"collections": [coll]}, headers=ann).status_code == 200
+    free = f"/api/bus/subscriptions/az_free_{secrets.token_hex(4)}"
+    # another key's name and a free name answer the same
+    for taken, unused in ((api.http.get(base, headers=bob), api.http.get(free, headers=bob)),
+                          (api.http.post(f"{base}/poll", headers=bob),
+                           api.http.post(f"{free}/poll", headers=bob))):
+        assert_error(taken, 404, "not_found")
+        assert_error(unused, 404, "not_found")
+        assert taken.json()["error"]["message"] == unused.json()["error"]["message"]
+    # and nobody can squat a name: bob gets a subscription of his own by that name
+    r = api.http.put(base, json={"collections": [coll], "ttl": 60}, headers=bob)
+    assert r.status_code == 200, r.text
+    insert(api, coll, {"v": 1})
+    for h in (ann, bob):
+        assert api.http.get(f"{base}/size", headers=h).json() == {"size": 1}
+        assert [s["name"] for s in api.http.get("/api/bus/subscriptions", headers=h).json()
+                if s["name"] == name] == [name]
+    assert api.http.delete(base, headers=bob).status_code == 200
+    assert api.http.get(f"{base}/size", headers=ann).json() == {"size": 1}  # ann's untouched
