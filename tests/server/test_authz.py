@@ -329,3 +329,84 @@ def test_subscription_names_are_per_key_no_oracle_no_squatting(api: Api) -> None
                 if s["name"] == name] == [name]
     assert api.http.delete(base, headers=bob).status_code == 200
     assert api.http.get(f"{base}/size", headers=ann).json() == {"size": 1}  # ann's untouched
+
+
+# --------------------------------------------------------------- 8: replays re-check the caller
+
+def replayable(h: H) -> H:
+    return {**h, "Idempotency-Key": "az-" + uuid.uuid4().hex}
+
+
+def test_a_replay_to_a_revoked_or_rotated_key_is_refused(api: Api) -> None:
+    for action in ("delete", "rotate"):
+        minter = api.create_key("minter", is_admin=True)
+        h = replayable(api.headers(minter["api_key"]))
+        body = {"label": "child-" + action}
+        first = api.http.post("/api/auth/register", json=body, headers=h)
+        assert first.status_code == 200, first.text
+        again = api.http.post("/api/auth/register", json=body, headers=h)
+        assert again.headers.get("idempotent-replayed") == "true"  # still the same caller
+        if action == "delete":
+            r = api.http.delete(f"/api/auth/keys/{minter['key_id']}", headers=api.admin)
+        else:
+            r = api.http.post(f"/api/auth/keys/{minter['key_id']}/rotate", headers=api.admin)
+        assert r.status_code == 200, r.text
+        replay = api.http.post("/api/auth/register", json=body, headers=h)
+        assert_error(replay, 401, "unauthorized")
+        assert first.json()["api_key"] not in replay.text
+
+
+def test_a_replay_never_hands_out_a_secret_that_was_revoked_or_rotated(api: Api) -> None:
+    h = replayable(api.admin)
+    body = {"label": "replayed-secret"}
+    first = api.http.post("/api/auth/register", json=body, headers=h).json()
+    assert api.http.post("/api/auth/register", json=body, headers=h).json() == first
+    r = api.http.post(f"/api/auth/keys/{first['key_id']}/rotate", headers=api.admin)
+    assert r.status_code == 200, r.text
+    replay = api.http.post("/api/auth/register", json=body, headers=h)
+    assert_error(replay, 409, "secret_revoked")
+    assert first["api_key"] not in replay.text
+    # the same for a rotation's own answer once the key is deleted
+    h2 = replayable(api.admin)
+    rotated = api.http.post(f"/api/auth/keys/{first['key_id']}/rotate", headers=h2).json()
+    assert api.http.delete(f"/api/auth/keys/{first['key_id']}",
+                           headers=api.admin).status_code == 200
+    replay = api.http.post(f"/api/auth/keys/{first['key_id']}/rotate", headers=h2)
+    assert_error(replay, 409, "secret_revoked")
+    assert rotated["api_key"] not in replay.text
+
+
+def test_replays_count_against_the_rate_limit_and_are_audited(api: Api) -> None:
+    coll = collection(api)
+    new = api.create_key("limited", rate_limit=3, collection_permissions={coll: ["write"]})
+    token = api.token(new["api_key"])
+    h = replayable({"Authorization": f"Bearer {token}"})
+    answers = [api.http.post(f"/api/insert/{coll}", json={"v": 1}, headers=h)
+               for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert [r.headers.get("idempotent-replayed") for r in answers[:3]] == [None, "true", "true"]
+    assert answers[3].headers["retry-after"]
+    audit = api.http.get("/api/audit", headers=api.admin, params={
+        "key_id": new["key_id"], "operation": "request.replayed"}).json()["records"]
+    assert len(audit) == 2
+    assert audit[0]["resource"] == f"/api/insert/{coll}"
+
+
+def test_a_replay_from_outside_the_allowlist_is_refused(ekodb_server_factory: Any) -> None:
+    info = ekodb_server_factory(trusted_proxies=["127.0.0.1/32"], failed_auth_limit=1000)
+    other = Api(info)
+    try:
+        coll = collection(other)
+        new = other.create_key("fenced", allowed_ips=["10.0.0.0/8"],
+                               collection_permissions={coll: ["write"]})
+        inside = {"X-Forwarded-For": "10.1.2.3"}
+        r = other.http.post("/api/auth/token", json={"api_key": new["api_key"]}, headers=inside)
+        h = replayable({"Authorization": f"Bearer {r.json()['token']}"})
+        assert other.http.post(f"/api/insert/{coll}", json={"v": 1},
+                               headers={**h, **inside}).status_code == 200
+        replay = other.http.post(f"/api/insert/{coll}", json={"v": 1},
+                                 headers={**h, "X-Forwarded-For": "192.168.7.7"})
+        assert_error(replay, 403, "forbidden")
+        assert "idempotent-replayed" not in replay.headers
+    finally:
+        other.close()
