@@ -410,3 +410,83 @@ def test_a_replay_from_outside_the_allowlist_is_refused(ekodb_server_factory: An
         assert "idempotent-replayed" not in replay.headers
     finally:
         other.close()
+
+
+# --------------------------------------------------------------- 7: delegated admins
+
+def mint(api: Api, h: H, label: str, **body: Any) -> httpx.Response:
+    return api.http.post("/api/auth/register", headers=h, json={"label": label, **body})
+
+
+def test_a_minted_key_never_exceeds_its_minter(api: Api) -> None:
+    team = api.create_key("team-admin", tier="developer", allowed_ips=["127.0.0.0/8"],
+                          collection_permissions={"team_*": ["admin"]})
+    h = api.headers(team["api_key"])
+    narrow = {"collection_permissions": {"team_x": ["read"]}}
+    for body, what in (({"tier": "enterprise_standard"}, "tier"),
+                       ({"rate_limit": 10**8}, "rate limit"),
+                       ({"allowed_ips": ["10.0.0.0/8"]}, "allowed_ips"),
+                       ({"collection_permissions": {"other": ["read"]}}, "permissions"),
+                       ({"is_admin": True}, "is_admin")):
+        err = assert_error(mint(api, h, "too-much", **{**narrow, **body}), 403, "forbidden")
+        assert what in err["message"]
+    child = mint(api, h, "within", tier="free", **narrow)
+    assert child.status_code == 200, child.text
+    info = next(k for k in api.http.get("/api/auth/keys", headers=api.admin).json()
+                if k["key_id"] == child.json()["key_id"])
+    assert (info["tier"], info["allowed_ips"], info["created_by"]) == (
+        "free", ["127.0.0.0/8"], team["key_id"])
+    # a minter with its own per-key limit hands at most that down
+    slow = api.create_key("slow-admin", rate_limit=5, collection_permissions={
+        "team_*": ["admin"]})
+    sh = api.headers(slow["api_key"])
+    assert_error(mint(api, sh, "faster", rate_limit=6, **narrow), 403)
+    inherited = mint(api, sh, "inherits", **narrow).json()
+    mine = next(k for k in api.http.get("/api/auth/keys", headers=sh).json()
+                if k["key_id"] == inherited["key_id"])
+    assert mine["rate_limit"] == 5
+
+
+def test_a_delegated_admin_lists_and_revokes_only_the_keys_under_it(api: Api) -> None:
+    team = api.create_key("team-admin", collection_permissions={"team_*": ["admin"]})
+    h = api.headers(team["api_key"])
+    sub = mint(api, h, "sub-admin", collection_permissions={"team_a_*": ["admin"]}).json()
+    grand = mint(api, api.headers(sub["api_key"]), "grandchild",
+                 collection_permissions={"team_a_x": ["read"]}).json()
+    leaf = mint(api, h, "leaf", collection_permissions={"team_b": ["read"]}).json()
+    stranger = api.create_key("stranger", collection_permissions={"team_b": ["read"]})
+    listed = api.http.get("/api/auth/keys", headers=h)
+    assert listed.status_code == 200, listed.text
+    assert {k["key_id"] for k in listed.json()} == {sub["key_id"], grand["key_id"],
+                                                    leaf["key_id"]}
+    assert stranger["api_key"] not in listed.text and leaf["api_key"] not in listed.text
+    # someone else's key (or its own) is 404, like a key that does not exist
+    for target in (stranger["key_id"], team["key_id"], "key_" + "0" * 24):
+        assert_error(api.http.delete(f"/api/auth/keys/{target}", headers=h), 404)
+        assert_error(api.http.post(f"/api/auth/keys/{target}/rotate", headers=h), 404)
+    assert api.headers(stranger["api_key"])  # untouched
+    rotated = api.http.post(f"/api/auth/keys/{leaf['key_id']}/rotate", headers=h)
+    assert rotated.status_code == 200 and rotated.json()["api_key"] != leaf["api_key"]
+    leaf_h = api.headers(rotated.json()["api_key"])
+    assert api.http.delete(f"/api/auth/keys/{leaf['key_id']}", headers=h).status_code == 200
+    assert_error(api.http.get("/api/auth/permissions", headers=leaf_h), 401)
+
+
+def test_deleting_a_minter_revokes_every_key_minted_under_it(api: Api) -> None:
+    team = api.create_key("team-admin", collection_permissions={"team_*": ["admin"]})
+    h = api.headers(team["api_key"])
+    sub = mint(api, h, "sub-admin", collection_permissions={"team_a_*": ["admin"]}).json()
+    grand = mint(api, api.headers(sub["api_key"]), "grandchild",
+                 collection_permissions={"team_a_x": ["read"]}).json()
+    tokens = [(k["api_key"], api.headers(k["api_key"])) for k in (sub, grand)]
+    assert api.http.delete(f"/api/auth/keys/{team['key_id']}",
+                           headers=api.admin).status_code == 200
+    for secret, kh in tokens:
+        assert_error(api.http.get("/api/auth/permissions", headers=kh), 401)
+        assert_error(api.http.post("/api/auth/token", json={"api_key": secret}), 401)
+    remaining = {k["key_id"] for k in api.http.get("/api/auth/keys", headers=api.admin).json()}
+    assert not remaining & {team["key_id"], sub["key_id"], grand["key_id"]}
+    audit = api.http.get("/api/audit", headers=api.admin, params={
+        "operation": "key.deleted", "limit": 1000}).json()["records"]
+    (entry,) = [a for a in audit if a["target_id"] == team["key_id"]]
+    assert set(entry["details"]["revoked_with_it"]) == {sub["key_id"], grand["key_id"]}
