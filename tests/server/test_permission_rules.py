@@ -186,7 +186,7 @@ def test_deleting_needs_write_on_every_field(rule: Any, allowed: bool) -> None:
     if allowed:
         scope.require_delete("c")
     else:
-        with pytest.raises(PermissionDenied, match="delete|write"):
+        with pytest.raises(PermissionDenied, match=r"delete|write"):
             scope.require_delete("c")
 
 
