@@ -10,8 +10,8 @@ Decisions:
   an effective rate limit (its ``rate_limit`` or its tier's) no higher than its own. Left
   out, allowlist, tier and rate limit are inherited (the rate limit only when the child's
   tier would allow more). :func:`exceeds` is the one check, used at minting and again
-  whenever an admin changes a minter (a change that would leave a child beyond its minter
-  is refused, so the bound holds for the key's whole life).
+  whenever an admin changes a minter or a minted key (a change that would leave a child
+  beyond its minter is refused, so the bound holds for the key's whole life).
 - **Ownership.** It lists, revokes and rotates the keys minted under it (its children and
   theirs); any other key id answers 404, as if absent, so ids cannot be probed.
 - **Revocation.** Deleting a minter deletes every key minted under it, in the same

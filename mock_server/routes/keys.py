@@ -104,7 +104,15 @@ def _update(
 
 
 def _keep_children_within(state: AppState, minter: KeyRecord) -> None:
-    """409 (and the update rolls back) if a key minted by ``minter`` would now exceed it."""
+    """409 (and the update rolls back) if the changed key would now exceed its own minter,
+    or a key it minted would now exceed it."""
+    parent = state.keys.get(minter.created_by) if minter.created_by else None
+    if parent is not None:
+        reason = exceeds(parent, child_of(minter), state.key_limits.limit_for)
+        if reason is not None:
+            raise ApiError(409, "minted_key_exceeds",
+                           f"this key was minted by {parent.key_id} and would exceed it "
+                           f"({reason})")
     for child_id in state.keys.descendants(minter.key_id):
         child = state.keys.get(child_id)
         if child is None or child.created_by != minter.key_id:

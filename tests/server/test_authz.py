@@ -490,3 +490,21 @@ def test_deleting_a_minter_revokes_every_key_minted_under_it(api: Api) -> None:
         "operation": "key.deleted", "limit": 1000}).json()["records"]
     (entry,) = [a for a in audit if a["target_id"] == team["key_id"]]
     assert set(entry["details"]["revoked_with_it"]) == {sub["key_id"], grand["key_id"]}
+
+
+def test_an_admin_change_never_leaves_a_minted_key_beyond_its_minter(api: Api) -> None:
+    team = api.create_key("team-admin", collection_permissions={"team_*": ["admin"]})
+    made = mint(api, api.headers(team["api_key"]), "kid",
+                collection_permissions={"team_x": ["read"]}).json()
+    wider = api.http.put(f"/api/auth/keys/{made['key_id']}", headers=api.admin,
+                         json={"collection_permissions": {"other": ["read"]}})
+    assert_error(wider, 409, "minted_key_exceeds")
+    demote = api.http.put(f"/api/auth/keys/{team['key_id']}", headers=api.admin,
+                          json={"collection_permissions": {"team_y": ["read"]}})
+    err = assert_error(demote, 409, "minted_key_exceeds")
+    assert made["key_id"] in err["message"]
+    perms = api.http.get("/api/auth/permissions", headers=api.headers(made["api_key"])).json()
+    assert perms["collection_permissions"] == {"team_x": {"read": True}}  # unchanged
+    ok = api.http.put(f"/api/auth/keys/{made['key_id']}", headers=api.admin,
+                      json={"label": "renamed", "tier": "free"})
+    assert ok.status_code == 200, ok.text
