@@ -354,6 +354,9 @@ def test_a_replay_to_a_revoked_or_rotated_key_is_refused(api: Api) -> None:
         replay = api.http.post("/api/auth/register", json=body, headers=h)
         assert_error(replay, 401, "unauthorized")
         assert first.json()["api_key"] not in replay.text
+        # nor does the key learn anything about its stored answers (a reuse is 409 otherwise)
+        reuse = api.http.post("/api/auth/register", json={"label": "other"}, headers=h)
+        assert_error(reuse, 401, "unauthorized")
 
 
 def test_a_replay_never_hands_out_a_secret_that_was_revoked_or_rotated(api: Api) -> None:
