@@ -127,9 +127,13 @@ class AppState:
         repeat gets 409 instead of the secret.
         """
         self.audit.record("request.replayed", key_id=principal.key_id, label=principal.label,
-                          resource=str(scope.get("path", "")),
+                          resource=str(scope.get("path", ""))[:512],
                           details={"method": str(scope.get("method", "")),
                                    "status": replay.status})
+        path = str(scope.get("path", ""))
+        if not (path == "/api/auth/register"
+                or (path.startswith("/api/auth/keys/") and path.endswith("/rotate"))):
+            return  # only these answers hand out a secret (a record may hold "api_key")
         secret = _minted_secret(replay)
         if secret is None:
             return

@@ -379,6 +379,16 @@ def test_a_replay_never_hands_out_a_secret_that_was_revoked_or_rotated(api: Api)
     assert rotated["api_key"] not in replay.text
 
 
+def test_a_record_that_looks_like_a_key_is_replayed_as_it_is(api: Api) -> None:
+    coll = collection(api)
+    h = replayable(api.admin)
+    record = {"api_key": "eko_test_not_a_real_one", "key_id": "key_x"}
+    first = api.http.post(f"/api/insert/{coll}", json=record, headers=h)
+    again = api.http.post(f"/api/insert/{coll}", json=record, headers=h)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+
+
 def test_replays_count_against_the_rate_limit_and_are_audited(api: Api) -> None:
     coll = collection(api)
     new = api.create_key("limited", rate_limit=3, collection_permissions={coll: ["write"]})
