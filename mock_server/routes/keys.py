@@ -67,9 +67,10 @@ def delete_key(key_id: KeyId, principal: CurrentPrincipal, state: State) -> dict
         gone = state.keys.delete(key_id)
         if not gone:
             raise not_found("no such key")
+        children = sorted(g for g in gone if g != key_id)
         state.audit.record("key.deleted", key_id=principal.key_id, label=principal.label,
                            resource="key", target_id=key_id,
-                           details={"revoked_with_it": list(gone[1:])} if gone[1:] else None)
+                           details={"revoked_with_it": children} if children else None)
     return {"deleted": True, "key_id": key_id}
 
 
