@@ -301,3 +301,29 @@ def test_deleting_a_minter_deletes_its_tree_and_nothing_else(keys: KeyStore) -> 
 ])
 def test_which_stored_answers_hand_out_a_secret(status: int, body: bytes, found: Any) -> None:
     assert _minted_secret(Replay(status, [], body)) == found
+
+
+# --------------------------------------------------------------------------- DataBus names
+
+def test_subscriptions_of_an_old_data_dir_move_to_per_key_names(tmp_path: Path) -> None:
+    from mock_server.databus import DataBus
+
+    ring = KeyRing(os.urandom(32))
+    admin = Scope.from_raw({}, is_admin=True, read_only=False)
+    storage = Storage(tmp_path)
+    DataBus(storage, ring).subscribe("key_a", admin, "jobs", collections=["c"])
+    with storage.transaction() as conn:  # as a data dir made before names were per key
+        conn.execute("INSERT INTO bus_subscriptions(name, uid, owner, created_at, expires_at,"
+                     " ttl, event_ttl, spec) SELECT name, uid, owner, created_at, expires_at,"
+                     " ttl, event_ttl, spec FROM bus_subs")
+        conn.execute("DELETE FROM bus_subs")
+    storage.close()
+    reopened = Storage(tmp_path)
+    try:
+        bus = DataBus(reopened, ring)
+        assert [s.name for s in bus.list_owned("key_a")] == ["jobs"]
+        assert bus.get("key_a", admin, "jobs").collections == ("c",)
+        bus.subscribe("key_b", admin, "jobs", collections=["d"])  # per key now
+        assert reopened.conn.execute("SELECT COUNT(*) FROM bus_subscriptions").fetchone()[0] == 0
+    finally:
+        reopened.close()
