@@ -682,17 +682,17 @@ class Scope:
         paths: set[str] = set()
         ambiguous: set[str] = set()
         _touched_paths(changes, "", paths, ambiguous, frozenset(p for p, _, _ in replaced))
-        bad = ambiguous | {path for path in paths if not self.writable(resource, path)}
+        bad = {path for path in paths if not self.writable(resource, path)}
         for path, old, new in replaced:
             if self.writable(resource, path):
                 continue
             if not self.readable(resource, path):
                 mentioned: set[str] = set()
-                _touched_value(new, path, mentioned, ambiguous)
+                _touched_value(new, path, mentioned, set())
                 bad |= {path} | {p for p in mentioned if not self.writable(resource, p)}
                 continue
             bad |= {p for p in _diff_paths(old, new, path) if not self.writable(resource, p)}
-        return sorted(bad)
+        return sorted(bad | ambiguous)
 
     def require_writes(self, resource: str, changes: Mapping[str, Any],
                        current: Mapping[str, Any] | None = None) -> None:
