@@ -39,7 +39,7 @@ def main() -> None:
         consumer_key = client.admin.create_key(
             f"feed-{run}", collection_permissions={
                 collection: {"read": True, "exclude_fields": ["email"]},
-                f"bus:{subscription}": ["read"]}).api_key
+                f"bus:{subscription}": ["read", "write"]}).api_key
         feed = Authenticator(client).using_credentials(consumer_key).databus
         feed.subscribe(subscription, collections=[collection], ttl=600)
 

@@ -99,7 +99,7 @@ def create_app(
 
     # Added inner → outer.
     mw: Any = app.add_middleware
-    mw(IdempotencyMiddleware, store=st.idempotency, owner_of=st.owner_of,
+    mw(IdempotencyMiddleware, store=st.idempotency, owner_of=st.owner_of, guard=st,
        wait_seconds=config.idempotency_wait,
        # an answer echoes at most a body plus ids: keep every JSON answer replayable
        max_stored=config.max_body_bytes + 1024 * 1024)

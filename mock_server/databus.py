@@ -13,8 +13,12 @@ Decisions:
   acked after replacement acks nothing, so the newest state is always delivered.
 - Deletes carry no content, so a record filter cannot be evaluated: a delete is delivered to
   every subscription whose collection selection matches (it reveals only the opaque id).
-- Names are global; a subscription belongs to the key that made it and every other key gets
-  403. The caller also needs READ on ``bus:<name>``. An expired subscription is gone: its
+- Names are per key: a subscription is (owner key, name), so two keys may both have a ``jobs``
+  and neither can see, block or squat the other's; a name the caller does not own is 404,
+  exactly like a free one (no existence oracle). The caller needs the level
+  :data:`~mock_server.permissions.QUEUE_OPERATIONS` gives the operation on ``bus:<name>``:
+  READ to look (get, peek, size), WRITE to consume or change (subscribe, unsubscribe, poll,
+  ack, renew, and a WebSocket push, which polls). An expired subscription is gone: its
   events are deleted before the name is reused.
 """
 
@@ -44,6 +48,8 @@ from mock_server.permissions import (
 from mock_server.query import Filter, QueryError, parse_filter
 from mock_server.storage import Storage, register_schema
 
+# ``bus_subscriptions`` (names global) is the table of data dirs made before names became per
+# key: its rows move into ``bus_subs`` at every open (none after the first).
 register_schema(
     """
     CREATE TABLE IF NOT EXISTS bus_subscriptions (
@@ -56,7 +62,23 @@ register_schema(
         event_ttl REAL NOT NULL,
         spec BLOB NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS bus_subscriptions_owner ON bus_subscriptions(owner);
+    CREATE TABLE IF NOT EXISTS bus_subs (
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        uid TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        ttl REAL NOT NULL,
+        event_ttl REAL NOT NULL,
+        spec BLOB NOT NULL,
+        PRIMARY KEY (owner, name)
+    );
+    BEGIN IMMEDIATE;
+    INSERT OR IGNORE INTO bus_subs(owner, name, uid, created_at, expires_at, ttl, event_ttl,
+        spec) SELECT owner, name, uid, created_at, expires_at, ttl, event_ttl, spec
+        FROM bus_subscriptions;
+    DELETE FROM bus_subscriptions;
+    COMMIT;
     CREATE TABLE IF NOT EXISTS bus_events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         sub_uid TEXT NOT NULL,
@@ -203,33 +225,32 @@ class DataBus:
 
     _COLUMNS: str = "name, uid, owner, created_at, expires_at, ttl, event_ttl, spec"
 
-    def _load(self, conn: sqlite3.Connection, name: str) -> Subscription | None:
+    def _load(self, conn: sqlite3.Connection, owner: str, name: str) -> Subscription | None:
         row = conn.execute(
-            f"SELECT {self._COLUMNS} FROM bus_subscriptions WHERE name = ?",  # noqa: S608
-            (name,),
+            f"SELECT {self._COLUMNS} FROM bus_subs WHERE owner = ? AND name = ?",  # noqa: S608
+            (owner, name),
         ).fetchone()
         return None if row is None else self._row(row)
 
     def _drop(self, conn: sqlite3.Connection, sub: Subscription) -> None:
         conn.execute("DELETE FROM bus_events WHERE sub_uid = ?", (sub.uid,))
-        conn.execute("DELETE FROM bus_subscriptions WHERE uid = ?", (sub.uid,))
+        conn.execute("DELETE FROM bus_subs WHERE uid = ?", (sub.uid,))
 
-    def _owned(self, conn: sqlite3.Connection, owner: str, scope: Scope,
-               name: str) -> Subscription:
-        """The live subscription ``name`` if ``owner`` may use it; 400/403/404 otherwise."""
+    def _owned(self, conn: sqlite3.Connection, owner: str, scope: Scope, name: str,
+               operation: str) -> Subscription:
+        """``owner``'s live subscription ``name`` once it may do ``operation``; else 400/403
+        (the level) or 404 (none of its own by that name, whoever else has one)."""
         validate_name(name)
-        self._require_bus(scope, name)
-        sub = self._load(conn, name)
+        self._require_bus(scope, name, operation)
+        sub = self._load(conn, owner, name)
         if sub is None or sub.expires_at <= self._clock():
             raise not_found("no such subscription")
-        if sub.owner != owner:
-            raise forbidden("this subscription belongs to another API key")
         return sub
 
     @staticmethod
-    def _require_bus(scope: Scope, name: str) -> None:
+    def _require_bus(scope: Scope, name: str, operation: str) -> None:
         try:
-            scope.require(f"bus:{name}", Level.READ)
+            scope.require_operation(f"bus:{name}", operation)
         except PermissionDenied as exc:
             raise forbidden(str(exc)) from None
 
@@ -240,7 +261,7 @@ class DataBus:
                   event_ttl: object = 86400) -> Subscription:
         """Create or renew (idempotent); a changed spec applies to later changes only."""
         validate_name(name)
-        self._require_bus(scope, name)
+        self._require_bus(scope, name, "subscribe")
         colls = _collections(collections)
         try:
             flt = parse_filter(filter)
@@ -259,19 +280,17 @@ class DataBus:
         now = self._clock()
         doc = {"collections": list(colls), "filter": flt.to_wire() if flt is not None else None}
         with self._storage.transaction() as conn:
-            existing = self._load(conn, name)
+            existing = self._load(conn, owner, name)
             if existing is not None and existing.expires_at <= now:
                 self._drop(conn, existing)
                 existing = None
-            if existing is not None and existing.owner != owner:
-                raise forbidden("this subscription belongs to another API key")
             uid = existing.uid if existing is not None else secrets.token_hex(16)
             created = existing.created_at if existing is not None else now
             spec = self._keyring.encrypt(_SERVICE, "", json.dumps(doc).encode(),
                                          self._spec_aad(name, uid))
             conn.execute(
-                "INSERT INTO bus_subscriptions(name, uid, owner, created_at, expires_at, ttl, "
-                "event_ttl, spec) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO bus_subs(name, uid, owner, created_at, expires_at, ttl, "
+                "event_ttl, spec) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(owner, name) DO UPDATE SET "
                 "expires_at=excluded.expires_at, ttl=excluded.ttl, "
                 "event_ttl=excluded.event_ttl, spec=excluded.spec",
                 (name, uid, owner, created, now + ttl_s, ttl_s, event_ttl_s, spec),
@@ -280,14 +299,16 @@ class DataBus:
 
     def unsubscribe(self, owner: str, scope: Scope, name: str) -> None:
         with self._storage.transaction() as conn:
-            self._drop(conn, self._owned(conn, owner, scope, name))
+            self._drop(conn, self._owned(conn, owner, scope, name, "unsubscribe"))
 
-    def get(self, owner: str, scope: Scope, name: str) -> Subscription:
-        return self._owned(self._storage.conn, owner, scope, name)
+    def get(self, owner: str, scope: Scope, name: str, *,
+            operation: str = "get_subscription") -> Subscription:
+        """The caller's subscription, checked for ``operation`` (a pusher asks for "poll")."""
+        return self._owned(self._storage.conn, owner, scope, name, operation)
 
     def list_owned(self, owner: str) -> list[Subscription]:
         rows = self._storage.conn.execute(
-            f"SELECT {self._COLUMNS} FROM bus_subscriptions "  # noqa: S608
+            f"SELECT {self._COLUMNS} FROM bus_subs "  # noqa: S608
             "WHERE owner = ? AND expires_at > ? "
             "ORDER BY name", (owner, self._clock())).fetchall()
         return [self._row(r) for r in rows]
@@ -304,7 +325,7 @@ class DataBus:
         """ChangeFeed in-transaction listener: one event per matching (subscription, change)."""
         now = self._clock()
         rows = conn.execute(
-            f"SELECT {self._COLUMNS} FROM bus_subscriptions WHERE expires_at > ?",  # noqa: S608
+            f"SELECT {self._COLUMNS} FROM bus_subs WHERE expires_at > ?",  # noqa: S608
             (now,),
         ).fetchall()
         if not rows:
@@ -375,7 +396,7 @@ class DataBus:
         available = ("FROM bus_events WHERE sub_uid = ? AND seq > ? AND claimed_until <= ? "
                      "AND expires_at > ? ORDER BY seq")
         with self._storage.transaction() as conn:
-            sub = self._owned(conn, owner, scope, name)
+            sub = self._owned(conn, owner, scope, name, "poll")
             now = self._clock()
             last = -1
             while len(out) < count:
@@ -403,7 +424,7 @@ class DataBus:
         """Up to ``limit`` live events, claimed or not, without claiming them."""
         count = int(_number(limit, "limit", 1, MAX_POLL))
         conn = self._storage.conn
-        sub = self._owned(conn, owner, scope, name)
+        sub = self._owned(conn, owner, scope, name, "peek")
         rows = conn.execute(
             "SELECT event_key, payload FROM bus_events WHERE sub_uid = ? AND expires_at > ? "
             "ORDER BY seq LIMIT ?", (sub.uid, self._clock(), count * 4 + 16)).fetchall()
@@ -419,7 +440,7 @@ class DataBus:
     def size(self, owner: str, scope: Scope, name: str) -> int:
         """Live events not yet acked (claimed ones included)."""
         conn = self._storage.conn
-        sub = self._owned(conn, owner, scope, name)
+        sub = self._owned(conn, owner, scope, name, "size")
         row = conn.execute("SELECT COUNT(*) FROM bus_events WHERE sub_uid = ? AND expires_at > ?",
                            (sub.uid, self._clock())).fetchone()
         return int(row[0])
@@ -436,7 +457,7 @@ class DataBus:
         """Delete the given events; keys that are not this subscription's are ignored."""
         wanted = self._keys(keys)
         with self._storage.transaction() as conn:
-            sub = self._owned(conn, owner, scope, name)
+            sub = self._owned(conn, owner, scope, name, "ack")
             return self._delete_keys(conn, sub, wanted)
 
     def _delete_keys(self, conn: sqlite3.Connection, sub: Subscription,
@@ -456,7 +477,7 @@ class DataBus:
         ttl = _number(claim_ttl, "claim_ttl", 0.001, MAX_CLAIM_TTL)
         done = []
         with self._storage.transaction() as conn:
-            sub = self._owned(conn, owner, scope, name)
+            sub = self._owned(conn, owner, scope, name, "renew")
             now = self._clock()
             for key in wanted:
                 cur = conn.execute(
@@ -466,12 +487,12 @@ class DataBus:
                     done.append(key)
         return done
 
-    def release(self, name: str, claimed_by: str) -> None:
+    def release(self, owner: str, name: str, claimed_by: str) -> None:
         """Un-claim events a (closing) pusher claimed, so a reconnect gets them at once."""
         if not claimed_by:
             return
         with self._storage.transaction() as conn:
-            sub = self._load(conn, name)
+            sub = self._load(conn, owner, name)
             if sub is None:
                 return
             conn.execute("UPDATE bus_events SET claimed_until = 0, claimed_by = '' "
@@ -488,8 +509,8 @@ class DataBus:
         with self._storage.transaction() as conn:
             conn.execute("DELETE FROM bus_events WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM bus_events WHERE sub_uid IN (SELECT uid FROM "
-                         "bus_subscriptions WHERE expires_at <= ?)", (now,))
-            conn.execute("DELETE FROM bus_subscriptions WHERE expires_at <= ?", (now,))
+                         "bus_subs WHERE expires_at <= ?)", (now,))
+            conn.execute("DELETE FROM bus_subs WHERE expires_at <= ?", (now,))
 
     # ------------------------------------------------------------------ wake-ups
 

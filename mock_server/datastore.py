@@ -57,8 +57,8 @@ from mock_server.permissions import (
     Level,
     PermissionDenied,
     PermissionSpecError,
-    Rule,
     Scope,
+    project_record,
     validate_resource_name,
 )
 from mock_server.query import (
@@ -180,12 +180,24 @@ def _check_collection(name: object) -> str:
 
 
 def _check_names(value: Mapping[str, Any], prefix: str) -> str | None:
-    """First invalid field name along nested objects (arrays are not walked), else None."""
+    """First invalid field name along nested objects and arrays of objects, else None."""
     for key, child in value.items():
         if not isinstance(key, str) or not _FIELD_NAME.fullmatch(key):
             return prefix + str(key)
-        if isinstance(child, Mapping):
-            bad = _check_names(child, f"{prefix}{key}.")
+        bad = _check_value_names(child, f"{prefix}{key}")
+        if bad is not None:
+            return bad
+    return None
+
+
+def _check_value_names(value: object, path: str) -> str | None:
+    """Field rules reach into arrays (``items.secret``), so their objects' names must be
+    addressable too."""
+    if isinstance(value, Mapping):
+        return _check_names(value, path + ".")
+    if isinstance(value, list):
+        for item in value:
+            bad = _check_value_names(item, path)
             if bad is not None:
                 return bad
     return None
@@ -258,15 +270,13 @@ def split_fields(raw: str | None, where: str) -> tuple[str, ...] | None:
     return _field_list([p.strip() for p in raw.split(",")] if raw else [], where)
 
 
-def _narrow(collection: str, record: dict[str, Any], select: tuple[str, ...] | None,
+def _narrow(record: dict[str, Any], select: tuple[str, ...] | None,
             exclude: tuple[str, ...] | None) -> dict[str, Any]:
     """Apply the request's own select/exclude after the key's rules (can only narrow)."""
     if select is None and not exclude:
         return record
-    rule = Rule(read=True, select_fields=select,
-                exclude_fields=tuple(p for p in exclude or () if p.split(".", 1)[0] != "id"))
-    return Scope(is_admin=False, read_only=True, rules={collection: rule}).project(
-        collection, record)
+    return project_record(record, select,
+                          tuple(p for p in exclude or () if p.split(".", 1)[0] != "id"))
 
 
 @dataclass
@@ -459,7 +469,7 @@ class DataStore:
         """403 naming the fields when any touched (or replaced) path is not writable."""
         scope = caller.scope
         try:
-            scope.require_writes(collection, changes)
+            scope.require_writes(collection, changes, current)
         except PermissionDenied as exc:
             raise _denied(exc) from None
         if current is not None:
@@ -468,6 +478,15 @@ class DataStore:
             if bad:
                 raise forbidden(f"this API key may not write field(s) "
                                 f"{', '.join(_show(p) for p in bad[:10])} of {_show(collection)}")
+
+    @staticmethod
+    def require_delete(caller: Caller, collection: str) -> None:
+        """403 unless the caller may delete records of ``collection`` (see
+        :meth:`Scope.may_delete`); every path that deletes records calls this."""
+        try:
+            caller.scope.require_delete(collection)
+        except PermissionDenied as exc:
+            raise _denied(exc) from None
 
     @staticmethod
     def _view(caller: Caller, collection: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -573,7 +592,7 @@ class DataStore:
         record = self._load(conn, name, self._exists(conn, name), record_id)
         if record is None:
             raise ApiError(404, "not_found", "record not found")
-        return _narrow(name, caller.scope.project(name, record), select_fields, exclude_fields)
+        return _narrow(caller.scope.project(name, record), select_fields, exclude_fields)
 
     def update(self, caller: Caller, collection: object, record_id: object,
                changes: object) -> dict[str, Any]:
@@ -581,7 +600,7 @@ class DataStore:
         name = _check_collection(collection)
         self._require(caller, name, Level.WRITE)
         body = _check_write(changes, "the changes")
-        self._require_fields(caller, name, body)
+        # fields are judged against the stored record: an array write is judged by its diff
         with self._writing() as tx:
             cidx = self._exists(tx.conn, name)
             current = self._load(tx.conn, name, cidx, record_id)
@@ -594,7 +613,7 @@ class DataStore:
 
     def delete(self, caller: Caller, collection: object, record_id: object) -> str:
         name = _check_collection(collection)
-        self._require(caller, name, Level.WRITE)
+        self.require_delete(caller, name)
         with self._writing() as tx:
             cidx = self._exists(tx.conn, name)
             current = self._load(tx.conn, name, cidx, record_id)
@@ -630,7 +649,7 @@ class DataStore:
         conn = self._storage.conn
         records = run_query(self._scan(conn, name, self._exists(conn, name)), flt, sort,
                             limit, skip)
-        return [_narrow(name, caller.scope.project(name, r), select, exclude) for r in records]
+        return [_narrow(caller.scope.project(name, r), select, exclude) for r in records]
 
     @staticmethod
     def _require_readable(caller: Caller, collection: str, paths: set[str]) -> None:
@@ -734,7 +753,7 @@ class DataStore:
     def batch_delete(self, caller: Caller, collection: object, body: object) -> dict[str, Any]:
         """By ids (``{"deletes": [{"id"}]}``) or by filter (needs READ too: it reveals matches)."""
         name = _check_collection(collection)
-        self._require(caller, name, Level.WRITE)
+        self.require_delete(caller, name)
         if isinstance(body, dict) and "filter" in body:
             body = strip_options(body, BATCH_OPTIONS)
             if set(body) != {"filter"} or body["filter"] is None:

@@ -40,8 +40,18 @@ register_schema(
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS api_key_parents (
+        key_id TEXT PRIMARY KEY,
+        parent TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS api_key_parents_parent ON api_key_parents(parent);
     """
 )
+
+_SELECT = ("SELECT k.key_id, k.version, k.created_at, k.meta, p.parent FROM api_keys k "
+           "LEFT JOIN api_key_parents p ON p.key_id = k.key_id")
+_TREE = ("WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT p.key_id FROM api_key_parents p "
+         "JOIN tree ON p.parent = tree.id) SELECT id FROM tree")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -68,6 +78,8 @@ class KeyRecord:
     networks: tuple[IPNetwork, ...] = field(default=(), compare=False, repr=False)
     #: Requests per rate-limit window for this key; None = the tier's limit.
     rate_limit: int | None = None
+    #: The delegated admin key that minted this one (revoked with it); None otherwise.
+    created_by: str | None = None
 
     def scope(self) -> Scope:
         return Scope.from_raw(
@@ -190,7 +202,7 @@ class KeyStore:
         return self._keyring.encrypt("keys", "", plain, aad("apikey", key_id))
 
     def _row_to_record(self, row: Sequence[Any]) -> KeyRecord:
-        key_id, version, created_at, sealed = row
+        key_id, version, created_at, sealed, parent = row
         meta = json.loads(self._keyring.decrypt("keys", "", sealed, aad("apikey", key_id)))
         ips: list[str] = meta.get("allowed_ips") or []
         return KeyRecord(
@@ -206,6 +218,7 @@ class KeyStore:
             created_at=float(created_at),
             networks=tuple(normalize_network(n) for n in ips),
             rate_limit=meta.get("rate_limit"),
+            created_by=parent,
         )
 
     @staticmethod
@@ -234,8 +247,12 @@ class KeyStore:
         tier: object = None,
         rate_limit: object = None,
         secret: str | None = None,
+        created_by: str | None = None,
     ) -> tuple[KeyRecord, str]:
-        """Create a key; returns the record and the secret (shown to the caller once)."""
+        """Create a key; returns the record and the secret (shown to the caller once).
+
+        ``created_by``: the delegated admin minting it; the key is then revoked with it.
+        """
         perms = validate_scope(collection_permissions, is_admin=is_admin, read_only=read_only)
         ips = validate_allowed_ips(allowed_ips)
         rec = KeyRecord(
@@ -251,6 +268,7 @@ class KeyStore:
             created_at=time.time(),
             networks=tuple(normalize_network(n) for n in ips),
             rate_limit=validate_rate_limit(rate_limit),
+            created_by=created_by,
         )
         api_key = secret or self.new_secret()
         with self._storage.transaction() as conn:
@@ -260,6 +278,9 @@ class KeyStore:
                 (rec.key_id, self._hash(api_key), rec.version, rec.created_at,
                  self._seal(rec.key_id, self._meta(rec))),
             )
+            if created_by is not None:
+                conn.execute("INSERT INTO api_key_parents(key_id, parent) VALUES (?,?)",
+                             (rec.key_id, created_by))
         return rec, api_key
 
     def authenticate(self, api_key: object) -> KeyRecord | None:
@@ -268,30 +289,41 @@ class KeyStore:
             return None
         digest = self._hash(api_key)
         row = self._storage.conn.execute(
-            "SELECT key_id, version, created_at, meta, secret_hash FROM api_keys"
-            " WHERE secret_hash = ?",
+            "SELECT k.key_id, k.version, k.created_at, k.meta, p.parent, k.secret_hash "
+            "FROM api_keys k LEFT JOIN api_key_parents p ON p.key_id = k.key_id "
+            "WHERE k.secret_hash = ?",
             (digest,),
         ).fetchone()
-        if row is None or not hmac.compare_digest(bytes(row[4]), digest):
+        if row is None or not hmac.compare_digest(bytes(row[5]), digest):
             return None
-        return self._row_to_record(row[:4])
+        return self._row_to_record(row[:5])
 
     def get(self, key_id: str) -> KeyRecord | None:
-        row = self._storage.conn.execute(
-            "SELECT key_id, version, created_at, meta FROM api_keys WHERE key_id = ?", (key_id,)
-        ).fetchone()
+        row = self._storage.conn.execute(f"{_SELECT} WHERE k.key_id = ?", (key_id,)).fetchone()
         return None if row is None else self._row_to_record(row)
 
     def list(self) -> list[KeyRecord]:
         rows = self._storage.conn.execute(
-            "SELECT key_id, version, created_at, meta FROM api_keys ORDER BY created_at, key_id"
-        ).fetchall()
+            f"{_SELECT} ORDER BY k.created_at, k.key_id").fetchall()
         return [self._row_to_record(r) for r in rows]
 
-    def delete(self, key_id: str) -> bool:
+    def descendants(self, key_id: str) -> tuple[str, ...]:
+        """Ids of the keys ``key_id`` minted, and those they minted, and so on."""
+        rows = self._storage.conn.execute(_TREE, (key_id,)).fetchall()
+        return tuple(r[0] for r in rows if r[0] != key_id)
+
+    def delete(self, key_id: str) -> tuple[str, ...]:
+        """Delete a key and every key minted under it (children of a delegated admin are
+        revoked with it); the ids deleted, () if there was no such key."""
         with self._storage.transaction() as conn:
-            cur = conn.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
-        return cur.rowcount > 0
+            if conn.execute("SELECT 1 FROM api_keys WHERE key_id = ?", (key_id,)).fetchone() \
+                    is None:
+                return ()
+            ids = tuple(r[0] for r in conn.execute(_TREE, (key_id,)).fetchall())
+            for gone in ids:
+                conn.execute("DELETE FROM api_keys WHERE key_id = ?", (gone,))
+                conn.execute("DELETE FROM api_key_parents WHERE key_id = ?", (gone,))
+        return ids
 
     def rotate(self, key_id: str) -> tuple[KeyRecord, str] | None:
         """New secret, same id and permissions, version + 1 (old tokens stop working)."""

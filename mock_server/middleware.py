@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mock_server.asgi import (
     REQUEST_ID_KEY,
@@ -202,8 +202,23 @@ HOLD_COMMIT_KEY = "ekodb.hold_commit"
 OwnerResolver = Callable[[Scope], str | None]
 
 
+class ReplayGuard(Protocol):
+    """What a repeat must pass before it gets a stored answer (``AppState`` is one)."""
+
+    def authenticate(self, scope: Scope) -> Any:
+        """The caller, counted against its rate limit; raises ApiError (401/403/429)."""
+
+    def admit_replay(self, scope: Scope, principal: Any, replay: Replay) -> None:
+        """Audit the replay; raise ApiError if this answer may no longer be handed out."""
+
+
 class IdempotencyMiddleware:
     """Replays the first answer to a repeated (key id, Idempotency-Key) write.
+
+    A repeat is a request: before it gets a stored answer (or a 409 about one) its caller is
+    authenticated again (token, key row, allowlist), counted against its rate limit and
+    audited by ``guard``, exactly as the route would; the owner read from the token's
+    signature only picks the row.
 
     The fingerprint a repeat must match is method + path + query + a hash of the body, so a
     key reused for another body is refused, not answered with the first body's result.
@@ -220,8 +235,10 @@ class IdempotencyMiddleware:
         max_stored: int,
         excluded: frozenset[str] = frozenset({"/api/auth/token"}),
         streamed: tuple[str, ...] = ("/api/blob/",),
+        guard: ReplayGuard | None = None,
     ) -> None:
         self.app = app
+        self.guard = guard
         self.store = store
         self.owner_of = owner_of
         self.wait_seconds = wait_seconds
@@ -258,9 +275,25 @@ class IdempotencyMiddleware:
                          body)
         deadline = time.monotonic() + self.wait_seconds
         delay = 0.01
+        principal: Any = None
         while True:
             outcome = await asyncio.to_thread(self.store.begin, owner, key, fp)
+            if outcome != "proceed" and principal is None and self.guard is not None:
+                try:  # once, however long it waits: one request, one count
+                    principal = await asyncio.to_thread(self.guard.authenticate, scope)
+                except ApiError as exc:
+                    await send_error(scope, send, exc.status, exc.code, exc.message,
+                                     exc.headers)
+                    return
             if isinstance(outcome, Replay):
+                if self.guard is not None:
+                    try:
+                        await asyncio.to_thread(self.guard.admit_replay, scope, principal,
+                                                outcome)
+                    except ApiError as exc:
+                        await send_error(scope, send, exc.status, exc.code, exc.message,
+                                         exc.headers)
+                        return
                 await self._replay(scope, send, outcome)
                 return
             if outcome == "conflict":

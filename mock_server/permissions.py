@@ -15,6 +15,18 @@ Semantics in brief:
 * ``admin`` implies ``read`` and ``write``; ``write`` does not imply ``read``.
 * Field rules use dotted paths into nested objects; ``id`` is always readable, and ``id``
   plus top-level ``_``-prefixed fields are never writable.
+* Arrays are transparent to paths: ``items.secret`` names ``secret`` in every object of the
+  array ``items`` (and of arrays nested in it). :func:`project_record` is the one projection
+  every channel uses (get, find, batch answers, DataBus poll, WebSocket push); like MongoDB,
+  selecting inside an array keeps only its object (and array) elements.
+* Writing inside an array (a rule ``writable_fields: ["items.qty"]``) replaces the array, so a
+  write of ``items`` is judged by what changes against the stored value: only writable paths
+  may differ, and the key must be able to read all of ``items`` (else the verdict would tell
+  it about values it cannot see).
+* Deleting a record needs write on every field: the admin level, or write through a rule
+  without field restrictions (:meth:`Scope.may_delete`, used by every delete path).
+* Queue-like services (Queue, DedupQueue, DataBus) share one table of operation levels,
+  :data:`QUEUE_OPERATIONS`: looking is READ, consuming or changing is WRITE.
 """
 
 from __future__ import annotations
@@ -23,14 +35,16 @@ import copy
 import enum
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
     "MAX_FIELDS",
     "MAX_RULES",
     "PREFIXES",
+    "QUEUE_OPERATIONS",
     "Level",
     "PermissionDenied",
     "PermissionSpecError",
@@ -39,6 +53,7 @@ __all__ = [
     "parse_permissions",
     "pattern_contains",
     "pattern_matches",
+    "project_record",
     "validate_resource_name",
 ]
 
@@ -60,6 +75,27 @@ class Level(enum.Enum):
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
+
+
+#: The level each operation of a queue-like service needs on its resource
+#: (``queue:<q>``, ``dedupq:<q>``, ``bus:<subscription>``). Looking never changes what
+#: another consumer gets; anything that claims, removes, releases or adds messages does.
+QUEUE_OPERATIONS: Mapping[str, Level] = MappingProxyType({
+    "peek": Level.READ,
+    "size": Level.READ,
+    "claim_count": Level.READ,
+    "get_subscription": Level.READ,
+    "send": Level.WRITE,
+    "send_batch": Level.WRITE,
+    "poll": Level.WRITE,
+    "ack": Level.WRITE,
+    "renew": Level.WRITE,
+    "unclaim_all": Level.WRITE,
+    "move": Level.WRITE,
+    "purge": Level.WRITE,
+    "subscribe": Level.WRITE,
+    "unsubscribe": Level.WRITE,
+})
 
 
 class PermissionSpecError(ValueError):
@@ -390,51 +426,169 @@ def parse_permissions(raw: object) -> dict[str, Rule]:
 # --------------------------------------------------------------------------- scope
 
 
-def _touched_paths(
-    changes: Mapping[Any, Any], prefix: str, paths: set[str], ambiguous: set[str]
-) -> None:
-    """Collect the dotted paths a write body touches (leaves of nested objects).
+def _touched_value(value: object, path: str, paths: set[str], ambiguous: set[str]) -> None:
+    """Paths that writing ``value`` at ``path`` creates: leaves of objects, through arrays.
 
-    This assumes the store deep-merges nested objects. An empty object or any non-object
-    value touches its own path (it replaces what was there). Keys that are not strings,
-    are empty or contain '.' go to ``ambiguous``: they would make dotted paths ambiguous,
-    so no key may write them.
+    A non-empty object touches its members (the store deep-merges objects), an array the
+    touched paths of its elements (arrays are transparent to paths); anything else, an empty
+    object or an empty array touches ``path`` itself.
+    """
+    if isinstance(value, Mapping) and value:
+        _touched_paths(value, path + ".", paths, ambiguous)
+    elif isinstance(value, list) and value:
+        for item in value:
+            _touched_value(item, path, paths, ambiguous)
+    else:
+        paths.add(path)
+
+
+def _touched_paths(
+    changes: Mapping[Any, Any], prefix: str, paths: set[str], ambiguous: set[str],
+    skip: frozenset[str] = frozenset(),
+) -> None:
+    """Collect the dotted paths a write body touches (leaves of nested objects and arrays).
+
+    Keys that are not strings, are empty or contain '.' go to ``ambiguous``: they would make
+    dotted paths ambiguous, so no key may write them. Values at ``skip`` paths are judged
+    elsewhere (by a diff); only their ambiguous keys are collected.
     """
     for key, value in changes.items():
         path = prefix + (key if isinstance(key, str) else str(key))
         if not isinstance(key, str) or not key or "." in key:
             ambiguous.add(path)
+        elif path in skip:
+            _touched_value(value, path, set(), ambiguous)
         elif isinstance(value, Mapping) and value:
-            _touched_paths(value, path + ".", paths, ambiguous)
+            _touched_paths(value, path + ".", paths, ambiguous, skip)
         else:
-            paths.add(path)
+            _touched_value(value, path, paths, ambiguous)
 
 
-def _copy_path(source: Mapping[str, Any], target: dict[str, Any], parts: list[str]) -> None:
-    """Copy the value at ``parts`` from source into target, creating parent objects."""
-    head, rest = parts[0], parts[1:]
-    if head not in source:
-        return
-    if not rest:
-        target[head] = copy.deepcopy(source[head])
-        return
-    child = source[head]
-    if not isinstance(child, Mapping):
-        return
-    existing = target.get(head)
-    if not isinstance(existing, dict):
-        existing = {}
-        target[head] = existing
-    _copy_path(child, existing, rest)
+def _replaced_arrays(
+    current: Mapping[str, Any], changes: Mapping[str, Any], prefix: str = ""
+) -> Iterator[tuple[str, Any, list[Any]]]:
+    """(path, stored value, new array) for each array a deep-merge write puts over a value."""
+    for key, value in changes.items():
+        if not isinstance(key, str) or key not in current:
+            continue
+        old = current[key]
+        if isinstance(value, list):
+            yield prefix + key, old, value
+        elif isinstance(value, Mapping) and value and isinstance(old, Mapping):
+            yield from _replaced_arrays(old, value, f"{prefix}{key}.")
 
 
-def _remove_path(target: dict[str, Any], parts: list[str]) -> None:
-    """Delete the value at ``parts`` if present; parents are left in place."""
-    node: Any = target
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(parts[-1], None)
+def _diff_paths(old: object, new: object, path: str) -> set[str]:
+    """Dotted paths where ``new`` differs from ``old`` (array positions are transparent).
+
+    Arrays of the same length compare element by element; anything else that differs
+    (another length, another type, another scalar) is a change of ``path`` itself.
+    """
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: set[str] = set()
+        for key in old.keys() | new.keys():
+            sub = f"{path}.{key}"
+            if key not in old:
+                _touched_value(new[key], sub, out, out)
+            elif key not in new:
+                out.add(sub)
+            else:
+                out |= _diff_paths(old[key], new[key], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = set()
+        for before, after in zip(old, new, strict=True):
+            out |= _diff_paths(before, after, path)
+        return out
+    if type(old) is type(new) and old == new:  # type first: JSON true is not 1
+        return set()
+    return {path}
+
+
+# A field-rule tree: segment -> subtree, or None for "the whole value from here down".
+_Tree = dict[str, "_Tree | None"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _tree(paths: tuple[str, ...]) -> _Tree:
+    """Nested segments of dotted paths; a path also listed with a descendant wins whole."""
+    root: _Tree = {}
+    for path in sorted(paths, key=lambda p: p.count(".")):
+        node = root
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if part in node and node[part] is None:
+                break  # an ancestor is already whole
+            if i == len(parts) - 1:
+                node[part] = None
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = {}
+                    node[part] = child
+                node = child
+    return root
+
+
+_MISSING: Any = object()
+
+
+def _select(value: Any, tree: _Tree) -> Any:
+    """The parts of ``value`` named by ``tree``; arrays keep their projected containers."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, sub in tree.items():
+            if key not in value:
+                continue
+            if sub is None:
+                out[key] = copy.deepcopy(value[key])
+                continue
+            picked = _select(value[key], sub)
+            if picked is not _MISSING:
+                out[key] = picked
+        return out
+    if isinstance(value, list):
+        items = (_select(item, tree) for item in value if isinstance(item, (Mapping, list)))
+        return [item for item in items if item is not _MISSING]
+    return _MISSING  # a scalar where the path goes deeper holds nothing selected
+
+
+def _exclude(value: Any, tree: _Tree) -> None:
+    """Remove (in place) what ``tree`` names, in objects and in every element of arrays."""
+    if isinstance(value, dict):
+        for key, sub in tree.items():
+            if key not in value:
+                continue
+            if sub is None:
+                del value[key]
+            else:
+                _exclude(value[key], sub)
+    elif isinstance(value, list):
+        for item in value:
+            _exclude(item, tree)
+
+
+def project_record(
+    record: Mapping[str, Any],
+    select_fields: Iterable[str] | None = None,
+    exclude_fields: Iterable[str] = (),
+) -> dict[str, Any]:
+    """A deep copy of ``record`` with only ``select_fields`` (all if None), minus
+    ``exclude_fields``; ``id`` is always kept. Paths reach into arrays of objects.
+
+    The one projection of the server: key rules (:meth:`Scope.project`) and a request's own
+    select/exclude both go through it, on every channel a record leaves by.
+    """
+    if select_fields is None:
+        result = copy.deepcopy(dict(record))
+    else:
+        result = _select(record, _tree(tuple(sorted(set(select_fields)))))
+    if "id" in record:
+        result["id"] = copy.deepcopy(record["id"])
+    excluded = tuple(sorted({p for p in exclude_fields if p != "id"}))
+    if excluded:
+        _exclude(result, _tree(excluded))
+    return result
 
 
 @dataclass(frozen=True)
@@ -493,17 +647,7 @@ class Scope:
         rule = None if self.is_admin else self.rule_for(resource)
         if rule is None:
             return copy.deepcopy(dict(record))
-        if rule.select_fields is None:
-            result = copy.deepcopy(dict(record))
-        else:
-            result = {}
-            for selected in rule.select_fields:
-                _copy_path(record, result, selected.split("."))
-        if "id" in record:
-            result["id"] = copy.deepcopy(record["id"])
-        for excluded in rule.exclude_fields:
-            _remove_path(result, excluded.split("."))
-        return result
+        return project_record(record, rule.select_fields, rule.exclude_fields)
 
     def readable(self, resource: str, path: str) -> bool:
         """May this key filter or sort on ``path``? (False without READ.)"""
@@ -523,26 +667,84 @@ class Scope:
             return not _is_system(path) and _segments(path) is not None
         return rule.path_writable(path)
 
-    def forbidden_writes(self, resource: str, changes: Mapping[str, Any]) -> list[str]:
+    def forbidden_writes(self, resource: str, changes: Mapping[str, Any],
+                         current: Mapping[str, Any] | None = None) -> list[str]:
         """Sorted dotted paths of ``changes`` this key may not write; [] means allowed.
 
-        Without WRITE on the resource every touched path is forbidden.
+        Without WRITE on the resource every touched path is forbidden. With ``current`` (the
+        stored record of an update), an array put over a stored value at a path that is not
+        writable as a whole is judged by what it changes, not by what it mentions (a client
+        must resend the members it may not change): every changed path must be writable,
+        and the whole old value readable, so the verdict reveals nothing hidden. Without
+        ``current`` such a write is judged by what it mentions, which is stricter.
         """
+        replaced = list(_replaced_arrays(current, changes)) if current is not None else []
         paths: set[str] = set()
         ambiguous: set[str] = set()
-        _touched_paths(changes, "", paths, ambiguous)
-        bad = ambiguous | {path for path in paths if not self.writable(resource, path)}
-        return sorted(bad)
+        _touched_paths(changes, "", paths, ambiguous, frozenset(p for p, _, _ in replaced))
+        bad = {path for path in paths if not self.writable(resource, path)}
+        for path, old, new in replaced:
+            if self.writable(resource, path):
+                continue
+            if not self.readable(resource, path):
+                mentioned: set[str] = set()
+                _touched_value(new, path, mentioned, set())
+                bad |= {path} | {p for p in mentioned if not self.writable(resource, p)}
+                continue
+            bad |= {p for p in _diff_paths(old, new, path) if not self.writable(resource, p)}
+        return sorted(bad | ambiguous)
 
-    def require_writes(self, resource: str, changes: Mapping[str, Any]) -> None:
+    def require_writes(self, resource: str, changes: Mapping[str, Any],
+                       current: Mapping[str, Any] | None = None) -> None:
         """Raise PermissionDenied naming the fields if any part of the write is forbidden."""
         self.require(resource, Level.WRITE)
-        bad = self.forbidden_writes(resource, changes)
+        bad = self.forbidden_writes(resource, changes, current)
         if bad:
             shown = ", ".join(_show(path) for path in bad[:10])
             more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
             raise PermissionDenied(
                 f"this API key may not write field(s) {shown}{more} of {_show(resource, 200)}"
+            )
+
+    def may_delete(self, resource: str) -> bool:
+        """May this key delete records of ``resource``? Deleting writes every field away.
+
+        So it needs the admin level there, or WRITE through a rule without field
+        restrictions (no ``select_fields``, ``exclude_fields`` or ``writable_fields``): a
+        key that may write only ``name``, or cannot see ``ssn``, may not destroy either.
+        Decided from the rule alone, never from the record, so the answer reveals nothing.
+        """
+        if self.is_admin:
+            return True
+        if not self.allows(resource, Level.WRITE):
+            return False
+        rule = self.rule_for(resource)
+        assert rule is not None  # allows() found one
+        if rule.grants(Level.ADMIN):
+            return True
+        return (rule.select_fields is None and not rule.exclude_fields
+                and rule.writable_fields is None)
+
+    def require_delete(self, resource: str) -> None:
+        """Raise PermissionDenied unless :meth:`may_delete` (every delete path calls this)."""
+        if self.may_delete(resource):
+            return
+        if not self.allows(resource, Level.WRITE):
+            self.require(resource, Level.WRITE)
+        raise PermissionDenied(
+            f"this API key may not delete records of {_show(resource, 200)}: deleting needs "
+            "write on every field (a rule without select_fields, exclude_fields or "
+            "writable_fields) or the admin level"
+        )
+
+    def require_operation(self, resource: str, operation: str) -> None:
+        """Raise PermissionDenied unless the key has the level :data:`QUEUE_OPERATIONS`
+        gives ``operation`` on ``resource``."""
+        level = QUEUE_OPERATIONS[operation]
+        if not self.allows(resource, level):
+            raise PermissionDenied(
+                f"this API key may not {operation.replace('_', ' ')} {_show(resource, 200)}: "
+                f"that needs the {level.value} level"
             )
 
     def covers(self, other: Scope) -> bool:

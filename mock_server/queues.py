@@ -17,9 +17,11 @@ Decisions:
   time: claiming one also deletes every other unclaimed copy in that queue, so N identical
   sends between two polls are delivered once, while peek and size still count all N.
 - ``size`` counts messages not acked (claimed ones included); ``claimcount`` those claimed.
-- Permissions on ``queue:<name>`` / ``dedupq:<name>``: write = send/sendbatch, read =
-  poll/peek/ack/renew/size/claimcount/unclaimall, admin = purge; move needs read on the
-  source and write on the destination.
+- Permissions on ``queue:<name>`` / ``dedupq:<name>`` follow the table shared with the
+  DataBus, :data:`mock_server.permissions.QUEUE_OPERATIONS`: read = peek/size/claimcount
+  (looking changes nothing another consumer gets); write = send/sendbatch and everything
+  that consumes or changes the queue (poll, ack, renew, unclaimall, purge, and move, which
+  needs write on both queues).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from typing import Any, Literal
 from mock_server.crypto import KeyRing, aad
 from mock_server.errors import ApiError, bad_request, forbidden
 from mock_server.permissions import (
-    Level,
     PermissionDenied,
     PermissionSpecError,
     Scope,
@@ -147,18 +148,15 @@ class Queues:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _require(scope: Scope, kind: Kind, name: str, level: Level) -> None:
-        try:
-            scope.require(f"{kind}:{name}", level)
-        except PermissionDenied as exc:
-            raise forbidden(str(exc)) from None
-
-    def _open(self, scope: Scope, kind: Kind, name: object, level: Level) -> str:
+    def _open(self, scope: Scope, kind: Kind, name: object, operation: str) -> str:
+        """The validated queue name, once ``scope`` may do ``operation`` on it (else 403)."""
         if kind not in KINDS:
             raise _error(f"unknown queue kind {kind!r}")
         queue = validate_queue_name(name)
-        self._require(scope, kind, queue, level)
+        try:
+            scope.require_operation(f"{kind}:{queue}", operation)
+        except PermissionDenied as exc:
+            raise forbidden(str(exc)) from None
         return queue
 
     def _tag(self, kind: Kind, queue: str, msg_id: str, claim: str) -> str:
@@ -210,14 +208,14 @@ class Queues:
 
     def send(self, scope: Scope, kind: Kind, name: object, message: object) -> str:
         """Store one message (committed before returning); its (peek) id."""
-        queue = self._open(scope, kind, name, Level.WRITE)
+        queue = self._open(scope, kind, name, "send")
         item = (_encode(message), self._dedup(kind, queue, message))
         with self._storage.transaction() as conn:
             return self._insert(conn, kind, queue, [item])[0]
 
     def send_batch(self, scope: Scope, kind: Kind, name: object, messages: object) -> list[str]:
         """Store a list of messages atomically (all or none)."""
-        queue = self._open(scope, kind, name, Level.WRITE)
+        queue = self._open(scope, kind, name, "send_batch")
         if not isinstance(messages, list):
             raise _error("sendbatch takes a JSON list of messages")
         if len(messages) > MAX_BATCH:
@@ -234,7 +232,7 @@ class Queues:
     def poll(self, scope: Scope, kind: Kind, name: object, *, claim_ttl: object = 30,
              limit: object = 10) -> list[dict[str, Any]]:
         """Claim up to ``limit`` visible messages for ``claim_ttl`` seconds, oldest first."""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "poll")
         ttl = claim_ttl_value(claim_ttl)
         count = limit_value(limit)
         out: list[dict[str, Any]] = []
@@ -269,7 +267,7 @@ class Queues:
     def ack(self, scope: Scope, kind: Kind, name: object, ids: object
             ) -> tuple[list[str], list[str]]:
         """Delete messages; (acked, stale). Stale: gone, or claimed again by another poll."""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "ack")
         parsed = self._parse_ids(kind, queue, ids)
         acked: list[str] = []
         stale: list[str] = []
@@ -287,7 +285,7 @@ class Queues:
     def renew(self, scope: Scope, kind: Kind, name: object, ids: object, *,
               claim_ttl: object = 30) -> tuple[list[str], list[str]]:
         """Extend claims (never shortening one); ``claim_ttl`` 0 releases them. (renewed, stale)"""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "renew")
         ttl = claim_ttl_value(claim_ttl, allow_zero=True)
         parsed = self._parse_ids(kind, queue, ids)
         if any(not claim for _, _, claim in parsed):
@@ -312,7 +310,7 @@ class Queues:
     def peek(self, scope: Scope, kind: Kind, name: object, *, limit: object = 10
              ) -> list[dict[str, Any]]:
         """Up to ``limit`` messages, claimed or not, oldest first; claims nothing."""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "peek")
         count = limit_value(limit)
         rows = self._storage.conn.execute(
             "SELECT msg_id, payload FROM queue_messages WHERE kind = ? AND queue = ? "
@@ -323,7 +321,7 @@ class Queues:
 
     def size(self, scope: Scope, kind: Kind, name: object) -> int:
         """Messages not yet acked, claimed ones included."""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "size")
         row = self._storage.conn.execute(
             "SELECT COUNT(*) FROM queue_messages WHERE kind = ? AND queue = ?",
             (kind, queue)).fetchone()
@@ -331,7 +329,7 @@ class Queues:
 
     def claim_count(self, scope: Scope, kind: Kind, name: object) -> int:
         """Messages under a claim that has not expired."""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "claim_count")
         row = self._storage.conn.execute(
             "SELECT COUNT(*) FROM queue_messages WHERE kind = ? AND queue = ? "
             "AND claimed_until > ?", (kind, queue, self._clock())).fetchone()
@@ -341,7 +339,7 @@ class Queues:
 
     def unclaim_all(self, scope: Scope, kind: Kind, name: object) -> int:
         """Release every claim (their ids become stale); how many were claimed."""
-        queue = self._open(scope, kind, name, Level.READ)
+        queue = self._open(scope, kind, name, "unclaim_all")
         with self._storage.transaction() as conn:
             live = conn.execute("SELECT COUNT(*) FROM queue_messages WHERE kind = ? AND "
                                 "queue = ? AND claimed_until > ?",
@@ -351,8 +349,8 @@ class Queues:
         return int(live)
 
     def purge(self, scope: Scope, kind: Kind, name: object) -> int:
-        """Delete every message, claimed or not (admin level); how many."""
-        queue = self._open(scope, kind, name, Level.ADMIN)
+        """Delete every message, claimed or not; how many."""
+        queue = self._open(scope, kind, name, "purge")
         with self._storage.transaction() as conn:
             cur = conn.execute("DELETE FROM queue_messages WHERE kind = ? AND queue = ?",
                                (kind, queue))
@@ -360,8 +358,8 @@ class Queues:
 
     def move(self, scope: Scope, kind: Kind, source: object, dest: object) -> int:
         """Move every unclaimed message of ``source`` to ``dest`` in one transaction."""
-        src = self._open(scope, kind, source, Level.READ)
-        dst = self._open(scope, kind, dest, Level.WRITE)
+        src = self._open(scope, kind, source, "move")
+        dst = self._open(scope, kind, dest, "move")
         if src == dst:
             raise _error("move needs two different queues")
         moved = 0

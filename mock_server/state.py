@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mock_server.actions import RecordActions
 from mock_server.asgi import Scope, header
 from mock_server.audit import AuditLog
-from mock_server.auth import Authenticator, client_ip, forwarded_for, parse_networks
+from mock_server.auth import Authenticator, Principal, client_ip, forwarded_for, parse_networks
 from mock_server.blobs import BlobStore
 from mock_server.changes import ChangeFeed
 from mock_server.config import ServerConfig
 from mock_server.crypto import KeyRing, load_master_key
 from mock_server.databus import DataBus
 from mock_server.datastore import DataStore
+from mock_server.errors import conflict
 from mock_server.faults import FaultInjector
-from mock_server.idempotency import IdempotencyStore
+from mock_server.idempotency import IdempotencyStore, Replay
 from mock_server.keys import IPAddress, IPNetwork, KeyStore
 from mock_server.kv import KVStore
 from mock_server.metrics import Metrics
@@ -136,6 +138,45 @@ class AppState:
         peer = str(client[0]) if client else None
         return client_ip(peer, forwarded_for(scope), self.trusted_proxies)
 
+    def authenticate(self, scope: Scope) -> Principal:
+        """The caller of a request, counted once against its key's rate limit.
+
+        Token, key row (revoked, rotated, narrowed), allowlist and rate limit: 401/403/429
+        otherwise. Every route and every idempotent replay goes through here.
+        """
+        principal = self.authenticator.principal(header(scope, b"authorization"),
+                                                 self.client_ip_of(scope))
+        rec = principal.record
+        limits = self.key_limits
+        # the decision left in the scope becomes the X-RateLimit-* headers of the response
+        limits.enforce(rec.key_id, limits.limit_for(tier=rec.tier, is_admin=rec.is_admin,
+                                                    override=rec.rate_limit), scope)
+        return principal
+
+    def admit_replay(self, scope: Scope, principal: Principal, replay: Replay) -> None:
+        """Let a stored answer go to an (authenticated) repeat, audited like a request.
+
+        An answer that hands out an API key secret (register, rotate) is replayed only while
+        that secret is still the key's live one: after the key is revoked or rotated, a
+        repeat gets 409 instead of the secret.
+        """
+        self.audit.record("request.replayed", key_id=principal.key_id, label=principal.label,
+                          resource=str(scope.get("path", ""))[:512],
+                          details={"method": str(scope.get("method", "")),
+                                   "status": replay.status})
+        path = str(scope.get("path", ""))
+        if not (path == "/api/auth/register"
+                or (path.startswith("/api/auth/keys/") and path.endswith("/rotate"))):
+            return  # only these answers hand out a secret (a record may hold "api_key")
+        secret = _minted_secret(replay)
+        if secret is None:
+            return
+        live = self.keys.authenticate(secret[1])
+        if live is None or live.key_id != secret[0]:
+            raise conflict("the API key this request created was revoked or rotated since; "
+                           "its secret is not handed out again (send a new request with a "
+                           "new Idempotency-Key)", "secret_revoked")
+
     def owner_of(self, scope: Scope) -> str | None:
         """Key id behind a request's bearer token (for idempotency), no DB access."""
         return self.authenticator.key_id_of(header(scope, b"authorization"))
@@ -145,3 +186,19 @@ class AppState:
         self.idempotency.close()
         self.key_limits.close()
         self.storage.close()
+
+
+def _minted_secret(replay: Replay) -> tuple[str, str] | None:
+    """(key id, secret) when a stored 2xx answer carries an API key secret, else None."""
+    if not 200 <= replay.status < 300 or b'"api_key"' not in replay.body:
+        return None
+    try:
+        doc = json.loads(replay.body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    key_id, secret = doc.get("key_id"), doc.get("api_key")
+    if isinstance(key_id, str) and isinstance(secret, str):
+        return key_id, secret
+    return None

@@ -112,20 +112,23 @@ def test_dedup_queue_collapses_identical_messages_between_polls(admin: Client) -
     assert len(admin.queue.poll(q, limit=10)) == 2
 
 
-def test_scoped_read_only_key_polls_but_cannot_send(admin: Client) -> None:
+def test_scoped_read_key_looks_but_cannot_consume_or_send(admin: Client) -> None:
     q = qname()
     key = admin.admin.create_key("queue-reader",
                                  collection_permissions={f"queue:{q}": ["read"]}).api_key
     reader = Authenticator(admin).using_credentials(key)
     admin.queue.send(q, "job")
-    with pytest.raises(PermissionDeniedError):
-        reader.queue.send(q, "nope")
-    with pytest.raises(PermissionDeniedError):
-        reader.queue.purge(q)
-    with pytest.raises(PermissionDeniedError):
-        reader.dedup_queue.poll(q)
-    (m,) = reader.queue.poll(q)
-    assert reader.queue.ack(q, [m]).acked == [m.id]
+    for call in (lambda: reader.queue.send(q, "nope"), lambda: reader.queue.purge(q),
+                 lambda: reader.queue.poll(q), lambda: reader.queue.unclaim_all(q),
+                 lambda: reader.dedup_queue.peek(q)):
+        with pytest.raises(PermissionDeniedError):
+            call()
+    (peeked,) = reader.queue.peek(q)
+    assert peeked.payload == "job" and reader.queue.size(q) == 1
+    worker = Authenticator(admin).using_credentials(admin.admin.create_key(
+        "queue-worker", collection_permissions={f"queue:{q}": ["read", "write"]}).api_key)
+    (m,) = worker.queue.poll(q)
+    assert worker.queue.ack(q, [m]).acked == [m.id]
 
 
 def test_bad_inputs_raise_clear_errors_and_change_nothing(admin: Client) -> None:

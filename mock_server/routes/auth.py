@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
-from mock_server.config import TIERS
+from mock_server.delegation import Child, check_mint
 from mock_server.errors import ApiError, forbidden, unauthorized
 from mock_server.http_json import openapi_body
-from mock_server.keys import IPAddress, KeyValidationError, normalize_network
+from mock_server.keys import IPAddress, KeyValidationError
 from mock_server.permissions import PermissionSpecError, Scope
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.routes.views import key_info, new_key
@@ -75,68 +75,34 @@ async def token(request: Request, state: State) -> dict[str, Any]:
         raise
 
 
-def _check_mint(principal: Principal, body: RegisterRequest) -> None:
-    """A non-admin minter needs admin level somewhere and may not grant beyond itself."""
+def _register(state: AppState, principal: Principal, body: RegisterRequest) -> dict[str, Any]:
     try:
-        wanted = Scope.from_raw(body.collection_permissions or {}, is_admin=body.is_admin,
-                                read_only=body.read_only)
+        Scope.from_raw(body.collection_permissions or {}, is_admin=body.is_admin,
+                       read_only=body.read_only)
     except PermissionSpecError as exc:
         raise ApiError(400, "validation_error", f"collection_permissions: {exc}") from None
-    if principal.is_admin:
-        return
-    if principal.read_only or not any(r.admin for r in principal.scope.rules.values()):
-        raise forbidden("admin level required to create keys")
-    if body.is_admin or not principal.scope.covers(wanted):
-        raise forbidden("cannot create a key with more permissions than the caller")
-    own = principal.record.networks
-    if own:
-        try:
-            nets = [normalize_network(n) for n in (body.allowed_ips or [])]
-        except ValueError:
-            bad = next(n for n in body.allowed_ips or [] if not _is_cidr(n))
-            raise ApiError(400, "validation_error",
-                           f"allowed_ips: {bad[:64]!r} is not a CIDR") from None
-        if not nets:
-            body.allowed_ips = list(principal.record.allowed_ips)
-        elif not all(
-            any(n.version == o.version and n.subnet_of(o) for o in own)  # type: ignore[arg-type]
-            for n in nets
-        ):
-            raise forbidden("allowed_ips must lie within the caller's allowed_ips")
-    if body.tier is not None and body.tier in TIERS and principal.tier in TIERS:
-        if TIERS.index(body.tier) > TIERS.index(principal.tier):
-            raise forbidden("cannot create a key with a higher tier than the caller")
-    elif body.tier is None:
-        body.tier = principal.tier
-    own_limit = principal.record.rate_limit
-    if own_limit is not None:  # a child may not escape its minter's per-key limit
-        if body.rate_limit is None:
-            body.rate_limit = own_limit
-        elif body.rate_limit > own_limit:
-            raise forbidden("cannot create a key with a higher rate_limit than the caller")
-
-
-def _is_cidr(text: str) -> bool:
-    try:
-        normalize_network(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _register(state: AppState, principal: Principal, body: RegisterRequest) -> dict[str, Any]:
-    _check_mint(principal, body)
+    child = check_mint(principal.record, Child(
+        is_admin=body.is_admin, read_only=body.read_only,
+        collection_permissions=body.collection_permissions, allowed_ips=body.allowed_ips,
+        tier=body.tier, rate_limit=body.rate_limit), state.key_limits.limit_for)
+    delegated = not principal.is_admin
     try:
         with state.storage.transaction():
+            # the minter as it is now, inside the write lock: a key deleted, rotated or
+            # changed since this request was authenticated must not leave an orphan child
+            now = state.keys.get(principal.key_id)
+            if now is None or now.version != principal.record.version:
+                raise unauthorized("the key making this request was changed or revoked")
             rec, api_key = state.keys.create(
                 body.label,
                 description=body.description,
-                is_admin=body.is_admin,
-                read_only=body.read_only,
-                collection_permissions=body.collection_permissions,
-                allowed_ips=body.allowed_ips,
-                tier=body.tier,
-                rate_limit=body.rate_limit,
+                is_admin=child.is_admin,
+                read_only=child.read_only,
+                collection_permissions=child.collection_permissions,
+                allowed_ips=child.allowed_ips,
+                tier=child.tier,
+                rate_limit=child.rate_limit,
+                created_by=principal.key_id if delegated else None,
             )
             state.audit.record("key.created", key_id=principal.key_id, label=principal.label,
                                resource="key", target_id=rec.key_id,

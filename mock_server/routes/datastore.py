@@ -10,12 +10,15 @@
 | POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, select_fields,
 exclude_fields}`` → ``[records]`` |
 | PUT | ``/api/update/{c}/{id}`` | write | changes (deep merge) → whole record (projected) |
-| DELETE | ``/api/delete/{c}/{id}`` | write | → ``{"deleted": id}`` |
+| DELETE | ``/api/delete/{c}/{id}`` | delete | → ``{"deleted": id}`` |
 | POST | ``/api/batch/insert/{c}`` | write | ``{"inserts": [{"data"}]}`` → ``{"successful",
 "failed"}`` |
 | PUT | ``/api/batch/update/{c}`` | write | ``{"updates": [{"id", "data"}]}`` → same |
-| DELETE | ``/api/batch/delete/{c}`` | write (+read by filter) | ``{"deletes": [{"id"}]}`` or
+| DELETE | ``/api/batch/delete/{c}`` | delete (+read by filter) | ``{"deletes": [{"id"}]}`` or
 ``{"filter"}`` → same |
+
+"delete" is write on every field: the admin level, or write through a rule without field
+restrictions (``Scope.may_delete``).
 
 Routes with a body are ``async`` only to read it; the domain call runs in the threadpool.
 

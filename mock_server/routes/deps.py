@@ -21,18 +21,9 @@ def state_of(request: Request) -> AppState:
 
 
 def _principal(request: Request) -> Principal:
-    # sync on purpose: FastAPI runs it in the threadpool (it reads SQLite)
-    state = state_of(request)
-    principal = state.authenticator.principal(
-        request.headers.get("authorization"), state.client_ip_of(request.scope)
-    )
-    # every authenticated request counts once against its key (429 when over; the
-    # decision left in the scope becomes the X-RateLimit-* headers of the response)
-    rec = principal.record
-    limits = state.key_limits
-    limits.enforce(rec.key_id, limits.limit_for(tier=rec.tier, is_admin=rec.is_admin,
-                                                override=rec.rate_limit), request.scope)
-    return principal
+    # sync on purpose: FastAPI runs it in the threadpool (it reads SQLite); every
+    # authenticated request counts once against its key (429 when over)
+    return state_of(request).authenticate(request.scope)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]

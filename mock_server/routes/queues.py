@@ -7,14 +7,16 @@ router is built once per kind.
 |---|---|---|---|
 | POST | ``/{q}/send`` | write | any JSON value → ``{"id"}`` |
 | POST | ``/{q}/sendbatch`` | write | JSON list (≤ 1000) → ``{"ids"}`` |
-| POST | ``/{q}/poll?claim_ttl&limit`` | read | → ``[{"id", "payload"}]`` (claimed) |
-| POST | ``/{q}/renew`` | read | ``{"ids", "claim_ttl"}`` → ``{"renewed", "stale"}`` |
-| POST | ``/{q}/ack`` | read | ``{"ids"}`` → ``{"acked", "stale"}`` |
+| POST | ``/{q}/poll?claim_ttl&limit`` | write | → ``[{"id", "payload"}]`` (claimed) |
+| POST | ``/{q}/renew`` | write | ``{"ids", "claim_ttl"}`` → ``{"renewed", "stale"}`` |
+| POST | ``/{q}/ack`` | write | ``{"ids"}`` → ``{"acked", "stale"}`` |
 | GET | ``/{q}/peek?limit`` | read | → ``[{"id", "payload"}]`` (claims nothing) |
 | GET | ``/{q}/size`` · ``/{q}/claimcount`` | read | → ``{"size"}`` · ``{"count"}`` |
-| POST | ``/{q}/unclaimall`` | read | → ``{"unclaimed"}`` |
-| DELETE | ``/{q}`` | admin | purge → ``{"purged"}`` |
-| POST | ``/_move?from&to`` | read on from, write on to | → ``{"moved"}`` |
+| POST | ``/{q}/unclaimall`` | write | → ``{"unclaimed"}`` |
+| DELETE | ``/{q}`` | write | purge → ``{"purged"}`` |
+| POST | ``/_move?from&to`` | write on both | → ``{"moved"}`` |
+
+The levels come from ``mock_server.permissions.QUEUE_OPERATIONS`` (shared with the DataBus).
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ def key_info(rec: KeyRecord) -> dict[str, Any]:
         "tier": rec.tier,
         "rate_limit": rec.rate_limit,
         "created_at": iso(rec.created_at),
+        #: the delegated admin that minted this key (revoked with it), else None
+        "created_by": rec.created_by,
     }
 
 

@@ -128,8 +128,10 @@ class _Session:
             if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 3600:
                 raise ApiError(400, "validation_error", "claim_ttl must be in (0, 3600]")
             assert isinstance(name, str)
-            await run_in_threadpool(self.state.bus.get, self.principal.key_id,
-                                    self.principal.scope, name)
+            # pushing claims events: the same level a poll needs
+            principal = self.principal
+            await run_in_threadpool(lambda: self.state.bus.get(
+                principal.key_id, principal.scope, name, operation="poll"))
         except ApiError as exc:
             await self.error(exc.code, exc.message, request="subscribe",
                              subscription=name if isinstance(name, str) else None)
@@ -205,7 +207,8 @@ class _Session:
     async def release(self) -> None:
         for name in list(self.subs):
             with contextlib.suppress(Exception):
-                await run_in_threadpool(self.state.bus.release, name, self.conn_id)
+                await run_in_threadpool(self.state.bus.release, self.principal.key_id, name,
+                                        self.conn_id)
 
 
 @router.websocket("/api/ws")

@@ -43,7 +43,7 @@ def test_register_list_permissions_rotate_update_delete(api: Api) -> None:
     mine = next(k for k in keys if k["key_id"] == new["key_id"])
     assert set(mine) == {"key_id", "label", "description", "is_admin", "read_only",
                          "collection_permissions", "allowed_ips", "tier", "rate_limit",
-                         "created_at"}
+                         "created_at", "created_by"}
     assert mine["allowed_ips"] == ["127.0.0.1/32", "10.0.0.0/8"]
     assert mine["tier"] == "startup" and mine["description"] == "for team a"
     assert new["api_key"] not in api.http.get("/api/auth/keys", headers=admin).text
@@ -142,6 +142,12 @@ def test_scope_narrowing_bites_next_request(api: Api) -> None:
     r = api.http.post("/api/auth/register", headers=h, json={
         "label": "c1", "collection_permissions": {"users": ["read"]}})
     assert r.status_code == 200
+    # a minted key may never exceed its minter: narrowing is refused while c1 exists
+    narrow = {"collection_permissions": {"users": ["read"]}}
+    refused = api.http.put(f"/api/auth/keys/{key['key_id']}", headers=api.admin, json=narrow)
+    assert_error(refused, 409, "minted_key_exceeds")
+    assert r.json()["key_id"] in refused.json()["error"]["message"]
+    assert api.http.delete(f"/api/auth/keys/{r.json()['key_id']}", headers=h).status_code == 200
     narrowed = api.http.put(f"/api/auth/keys/{key['key_id']}", headers=api.admin,
                             json={"collection_permissions": {"users": ["read"]}})
     assert narrowed.status_code == 200

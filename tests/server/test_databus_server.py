@@ -129,31 +129,51 @@ def test_events_and_subscriptions_expire(bus: Any) -> None:
 
 def test_field_rules_are_applied_with_the_scope_at_delivery(bus: Any) -> None:
     b, feed, st, _ = bus
-    wide = scope({"c": ["read"], "bus:*": ["read"]})
+    wide = scope({"c": ["read"], "bus:*": ["read", "write"]})
     b.subscribe("k1", wide, "s", collections=["c", "d*"])
     emit(feed, st, "c", "r1", "insert", {"id": "r1", "name": "n", "secret": "s3cr3t"})
     emit(feed, st, "d", "r2", "insert", {"id": "r2"})
-    narrowed = scope({"c": {"read": True, "exclude_fields": ["secret"]}, "bus:*": ["read"]})
+    narrowed = scope({"c": {"read": True, "exclude_fields": ["secret"]},
+                      "bus:*": ["read", "write"]})
     events, _ = b.poll("k1", narrowed, "s")
     assert [e["content"] for e in events] == [{"id": "r1", "name": "n"}]  # d: never readable
     assert b.size("k1", narrowed, "s") == 1  # r1 (claimed); the unreadable one was dropped
 
 
-def test_ownership_and_bus_permission(bus: Any) -> None:
-    b, _, _, _ = bus
+def test_names_are_per_key_and_the_bus_permission_table_holds(bus: Any) -> None:
+    b, feed, st, _ = bus
     b.subscribe("k1", ADMIN, "s", collections=["c"])
     for call in (lambda: b.poll("k2", ADMIN, "s"), lambda: b.ack("k2", ADMIN, "s", ["x"]),
-                 lambda: b.unsubscribe("k2", ADMIN, "s"),
-                 lambda: b.subscribe("k2", ADMIN, "s", collections=["c"])):
-        with pytest.raises(ApiError) as err:
+                 lambda: b.unsubscribe("k2", ADMIN, "s"), lambda: b.get("k2", ADMIN, "s"),
+                 lambda: b.peek("k2", ADMIN, "s"), lambda: b.size("k2", ADMIN, "s")):
+        with pytest.raises(ApiError) as err:  # the same answer as for a free name
             call()
-        assert err.value.status == 403
+        assert err.value.status == 404
+    b.subscribe("k2", ADMIN, "s", collections=["d"])  # k2's own "s", not k1's
+    emit(feed, st, "c", "r1", "insert", {"id": "r1"})
+    assert (b.size("k1", ADMIN, "s"), b.size("k2", ADMIN, "s")) == (1, 0)
+    assert b.get("k1", ADMIN, "s").collections == ("c",)
     with pytest.raises(ApiError) as err:
         b.subscribe("k3", scope({"c": ["read"]}), "t", collections=["c"])  # no bus:t
     assert err.value.status == 403
     with pytest.raises(ApiError) as err:  # may not subscribe to what it cannot read
-        b.subscribe("k3", scope({"bus:*": ["read"]}), "t", collections=["c"])
+        b.subscribe("k3", scope({"bus:*": ["read", "write"]}), "t", collections=["c"])
     assert err.value.status == 403
+    looker = scope({"c": ["read"], "bus:*": ["read"]})  # READ looks, WRITE consumes
+    with pytest.raises(ApiError) as err:
+        b.subscribe("k4", looker, "t", collections=["c"])
+    assert err.value.status == 403
+    b.subscribe("k4", scope({"c": ["read"], "bus:*": ["read", "write"]}), "t",
+                collections=["c"])
+    emit(feed, st, "c", "r2", "insert", {"id": "r2"})
+    assert [e["record_id"] for e in b.peek("k4", looker, "t")] == ["r2"]
+    assert b.size("k4", looker, "t") == 1
+    for call in (lambda: b.poll("k4", looker, "t"), lambda: b.ack("k4", looker, "t", ["x"]),
+                 lambda: b.renew("k4", looker, "t", ["x"]),
+                 lambda: b.unsubscribe("k4", looker, "t")):
+        with pytest.raises(ApiError) as err:
+            call()
+        assert err.value.status == 403
 
 
 def test_event_rows_commit_with_the_write_or_not_at_all(bus: Any) -> None:
@@ -219,11 +239,11 @@ def test_routes_refuse_other_keys_and_bad_input(api: Api) -> None:
     api.http.put(f"/api/bus/subscriptions/{name}", json={"collections": ["c"]},
                  headers=api.admin)
     other = api.headers(api.create_key("other", collection_permissions={
-        "c": ["read"], "bus:*": ["read"]})["api_key"])
+        "c": ["read"], "bus:*": ["read", "write"]})["api_key"])
     base = f"/api/bus/subscriptions/{name}"
-    assert_error(api.http.post(f"{base}/poll", headers=other), 403, "forbidden")
-    assert_error(api.http.post(f"{base}/ack", json={"keys": ["x"]}, headers=other), 403)
-    assert_error(api.http.delete(base, headers=other), 403)
+    assert_error(api.http.post(f"{base}/poll", headers=other), 404, "not_found")
+    assert_error(api.http.post(f"{base}/ack", json={"keys": ["x"]}, headers=other), 404)
+    assert_error(api.http.delete(base, headers=other), 404)
     assert name not in [s["name"] for s in
                         api.http.get("/api/bus/subscriptions", headers=other).json()]
     h = api.admin
@@ -283,7 +303,8 @@ def test_ws_refuses_bad_tokens_with_4401_before_anything_else(ws_open: Any) -> N
 def test_ws_pushes_projected_events_and_acks(api: Api, ws_open: Any) -> None:
     coll = "wsc_" + secrets.token_hex(4)
     key = api.create_key("sub", collection_permissions={
-        coll: {"read": True, "exclude_fields": ["secret"]}, "bus:*": ["read"]})["api_key"]
+        coll: {"read": True, "exclude_fields": ["secret"]},
+        "bus:*": ["read", "write"]})["api_key"]
     token = api.token(key)
     name = "ws_" + secrets.token_hex(4)
     r = api.http.put(f"/api/bus/subscriptions/{name}", json={"collections": [coll]},

@@ -286,26 +286,36 @@ def scoped(api: Api, permissions: dict[str, Any]) -> dict[str, str]:
                        ["api_key"])
 
 
-def test_read_only_queue_key_polls_but_cannot_send(api: Api, q: Q) -> None:
+def test_read_level_looks_but_cannot_consume_or_change(api: Api, q: Q) -> None:
     reader = Q(api, headers=scoped(api, {f"queue:{q.name}": ["read"]}))
     reader.name = q.name
     q.send("m")
+    (peeked,) = api.http.get(q.url("/peek"), headers=reader.auth).json()
+    assert api.http.get(q.url("/size"), headers=reader.auth).json() == {"size": 1}
+    assert api.http.get(q.url("/claimcount"), headers=reader.auth).json() == {"count": 0}
     assert_error(reader.post("/send", "nope"), 403, "forbidden")
-    (m,) = reader.poll()
-    assert reader.ack(m["id"])["acked"] == [m["id"]]
+    assert_error(reader.post("/poll"), 403, "forbidden")
+    assert_error(reader.post("/ack", {"ids": [peeked["id"]]}), 403, "forbidden")
+    assert_error(reader.post("/unclaimall"), 403, "forbidden")
     assert_error(api.http.delete(q.url(), headers=reader.auth), 403)
+    assert q.counts() == (1, 0)
 
 
-def test_write_only_key_sends_but_cannot_consume_or_purge(api: Api, q: Q) -> None:
+def test_write_level_sends_and_consumes_but_cannot_look(api: Api, q: Q) -> None:
     writer = Q(api, headers=scoped(api, {f"queue:{q.name}": ["write"]}))
     writer.name = q.name
     assert writer.post("/send", "ok").status_code == 200
-    for resp in (writer.post("/poll"), writer.post("/unclaimall"),
-                 api.http.get(q.url("/peek"), headers=writer.auth),
+    for resp in (api.http.get(q.url("/peek"), headers=writer.auth),
                  api.http.get(q.url("/size"), headers=writer.auth),
-                 api.http.delete(q.url(), headers=writer.auth)):
+                 api.http.get(q.url("/claimcount"), headers=writer.auth)):
         assert_error(resp, 403)
-    assert q.counts() == (1, 0)
+    (m,) = writer.poll()
+    assert q.counts() == (1, 1)
+    assert writer.post("/unclaimall").json() == {"unclaimed": 1}
+    (m,) = writer.poll()
+    assert writer.renew(m["id"])["renewed"] == [m["id"]]
+    assert writer.ack(m["id"])["acked"] == [m["id"]]
+    assert q.counts() == (0, 0)
 
 
 def test_queue_and_dedupq_permissions_are_separate(api: Api, q: Q) -> None:
@@ -317,24 +327,26 @@ def test_queue_and_dedupq_permissions_are_separate(api: Api, q: Q) -> None:
     assert_error(other, 403)
 
 
-def test_purge_needs_admin_level(api: Api, q: Q) -> None:
+def test_purge_needs_the_write_level(api: Api, q: Q) -> None:
     q.send(1)
-    rw = scoped(api, {f"queue:{q.name}": ["read", "write"]})
-    assert_error(api.http.delete(q.url(), headers=rw), 403)
-    adm = scoped(api, {f"queue:{q.name}": ["admin"]})
-    assert api.http.delete(q.url(), headers=adm).json() == {"purged": 1}
+    q.send(2)
+    reader = scoped(api, {f"queue:{q.name}": ["read"]})
+    assert_error(api.http.delete(q.url(), headers=reader), 403)
+    rw = scoped(api, {f"queue:{q.name}": ["write"]})
+    assert api.http.delete(q.url(), headers=rw).json() == {"purged": 2}
 
 
-def test_move_needs_read_on_source_and_write_on_dest(api: Api, q: Q) -> None:
+def test_move_needs_write_on_both_queues(api: Api, q: Q) -> None:
     dest = Q(api)
     q.send(1)
     params = {"from": q.name, "to": dest.name}
     for perms in ({f"queue:{q.name}": ["read"]}, {f"queue:{dest.name}": ["write"]},
+                  {f"queue:{q.name}": ["read"], f"queue:{dest.name}": ["write"]},
                   {f"queue:{q.name}": ["write"], f"queue:{dest.name}": ["read"]}):
         r = api.http.post("/api/queue/_move", params=params, headers=scoped(api, perms))
         assert_error(r, 403)
     assert q.counts() == (1, 0)
-    ok = scoped(api, {f"queue:{q.name}": ["read"], f"queue:{dest.name}": ["write"]})
+    ok = scoped(api, {f"queue:{q.name}": ["write"], f"queue:{dest.name}": ["write"]})
     assert api.http.post("/api/queue/_move", params=params, headers=ok).json() == {"moved": 1}
 
 
