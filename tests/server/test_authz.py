@@ -201,9 +201,20 @@ def test_field_names_inside_arrays_must_be_addressable(api: Api) -> None:
 # --------------------------------------------------------------- 5: deletes
 
 def delete_via(api: Api, path: int, coll: str, rid: str, h: H) -> httpx.Response:
-    """One of the ways to delete one record: 0 by id, 1 batch by ids, 2 batch by filter."""
+    """One of the ways to delete one record: 0 by id, 1 batch by ids, 2 batch by filter,
+    3 by id inside a transaction (committed when the delete itself was accepted)."""
     if path == 0:
         return api.http.delete(f"/api/delete/{coll}/{rid}", headers=h)
+    if path == 3:
+        tx = api.http.post("/api/transactions", headers=h, json={})
+        assert tx.status_code == 200, tx.text
+        txid = tx.json()["transaction_id"]
+        resp = api.http.delete(f"/api/delete/{coll}/{rid}", headers=h,
+                               params={"transaction_id": txid})
+        if resp.status_code == 200:
+            done = api.http.post(f"/api/transactions/{txid}/commit", headers=h)
+            assert done.status_code == 200, done.text
+        return resp
     body: dict[str, Any] = {"deletes": [{"id": rid}]} if path == 1 else {"filter": {
         "type": "Condition", "content": {"field": "name", "operator": "Eq", "value": "keep"}}}
     return api.http.request("DELETE", f"/api/batch/delete/{coll}", headers=h, json=body)
@@ -219,7 +230,7 @@ def test_field_restricted_keys_cannot_delete_on_any_path(api: Api, rule: dict[st
     coll = collection(api)
     rid = insert(api, coll, {"name": "keep", "ssn": "123"})
     h = key(api, {coll: rule})
-    for path in range(3):
+    for path in range(4):
         err = assert_error(delete_via(api, path, coll, rid, h), 403, "forbidden")
         assert "delete" in err["message"]
     assert get(api, coll, rid)["name"] == "keep"
@@ -231,11 +242,11 @@ def test_field_restricted_keys_cannot_delete_on_any_path(api: Api, rule: dict[st
 def test_unrestricted_write_or_admin_level_may_delete(api: Api, rule: Any) -> None:
     coll = collection(api)
     h = key(api, {coll: rule})
-    for i in range(3):  # each path deletes its own record
+    for i in range(4):  # each path deletes its own record
         rid = insert(api, coll, {"name": "keep"})
         resp = delete_via(api, i, coll, rid, h)
         assert resp.status_code == 200, (i, resp.text)
-        expected = {"deleted": rid} if i == 0 else {"successful": [rid], "failed": []}
+        expected = {"deleted": rid} if i in (0, 3) else {"successful": [rid], "failed": []}
         assert resp.json() == expected
         assert_error(api.http.get(f"/api/find/{coll}/{rid}", headers=api.admin), 404)
 

@@ -193,6 +193,20 @@ def test_hidden_fields_are_never_matched_scored_or_returned(api: Api, coll: str,
     assert search(api, coll, {"query": "banana"}, only_title) == []
 
 
+def test_a_member_hidden_inside_an_array_is_never_matched_or_returned(api: Api,
+                                                                      coll: str) -> None:
+    insert(api, coll, {"title": "order", "items": [{"sku": "lamp", "secret": "zebra"},
+                                                   {"sku": "desk", "secret": "zebra"}]})
+    h = api.headers(api.create_key(collection_permissions={
+        coll: {"read": True, "exclude_fields": ["items.secret"]}})["api_key"])
+    assert search(api, coll, {"query": "zebra"}, h) == []
+    assert search(api, coll, {"query": "zebra", "fuzzy": True}, h) == []
+    hits = search(api, coll, {"query": "lamp"}, h)
+    assert [item for hit in hits for item in hit["record"]["items"]] == [
+        {"sku": "lamp"}, {"sku": "desk"}]
+    assert search(api, coll, {"query": "zebra"})  # the admin finds it: the rule is the cause
+
+
 def test_naming_a_hidden_field_is_refused(api: Api, coll: str, restricted: H) -> None:
     insert(api, coll, {"title": "t", "secret": "s", "emb_hidden": [1.0, 0.0]})
     url = f"/api/search/{coll}"
