@@ -67,7 +67,9 @@ STATUS_CODES: dict[int, str] = {
     422: "validation_error",
     429: "rate_limited",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
+    507: "insufficient_storage",
 }
 
 

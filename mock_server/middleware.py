@@ -41,6 +41,22 @@ from mock_server.storage import Unit, start_fresh
 _CLIENT_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: RFC 9110 methods the router answers (405 + Allow where a path lacks one); any other
+#: token gets 501 before any work, and metrics label it OTHER, so raw input never becomes
+#: a label (each label value is a permanent series).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                           "TRACE"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+def framing_conflict(scope: Scope) -> bool:
+    """Content-Length together with Transfer-Encoding (RFC 9112 §6.1: a request smuggling
+    vector; the server must not keep the connection)."""
+    names = {bytes(k) for k, _ in scope.get("headers", ())}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 class ContextMiddleware:
@@ -71,7 +87,7 @@ class ContextMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.inc(
                 "ekodb_requests_total",
-                method=str(scope.get("method", "")),
+                method=method_label(str(scope.get("method", ""))),
                 route=str(template),
                 status=str(status),
             )
@@ -92,7 +108,17 @@ class ContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, wrapped)
+            if scope["type"] == "http" and scope.get("method") not in KNOWN_METHODS:
+                await send_error(scope, wrapped, 501, "not_implemented",
+                                 "unsupported HTTP method; this server implements "
+                                 + ", ".join(sorted(KNOWN_METHODS)))
+            elif scope["type"] == "http" and framing_conflict(scope):
+                await send_error(scope, wrapped, 400, "bad_request",
+                                 "Content-Length together with Transfer-Encoding is refused "
+                                 "(RFC 9112 section 6.1); send one of them",
+                                 {"Connection": "close"})
+            else:
+                await self.app(scope, receive, wrapped)
         finally:
             count()  # no response started: counted as the 500 it becomes
 

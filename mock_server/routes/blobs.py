@@ -149,7 +149,8 @@ async def put_blob(table: Table, blob_id: BlobId, request: Request,
     upload = await run_in_threadpool(
         store.begin_upload, table, blob_id,
         content_type=headers.get("content-type"),
-        attributes=parse_attributes(headers.get("x-blob-attributes")),
+        attributes=parse_attributes(headers.get("x-blob-attributes"),
+                                    max_depth=state.config.max_json_depth),
         md5=parse_md5(headers.get("content-md5")),
         sha256=parse_sha256(headers.get("x-checksum-sha256")),
     )
