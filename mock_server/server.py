@@ -23,7 +23,7 @@ from mock_server.config import ServerConfig
 from mock_server.metrics import Metrics
 from mock_server.routes.ws import MAX_FRAME
 from mock_server.state import AppState
-from mock_server.tls import ensure_local_ca
+from mock_server.tls import ensure_local_ca, harden
 
 #: Largest request line + headers accepted (h11's default is 16 KiB). The API describes
 #: query strings up to two 8192-character fields (``select_fields``/``exclude_fields``):
@@ -167,6 +167,8 @@ class ReferenceServer:
             # the route's own 64 KiB check stays the one that answers with a reason
             ws_max_size=MAX_FRAME + 1024,
             h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+            # Mozilla "intermediate" TLS (mock_server.tls.harden), also for a user's cert
+            ssl_context_factory=(lambda _config, default: harden(default())) if ssl else None,
             **ssl,
         )
         self._server = uvicorn.Server(uv_config)
