@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.concurrency import run_in_threadpool
 
+from mock_server.asgi import Scope as AsgiScope
 from mock_server.auth import Principal
 from mock_server.config import TIERS
 from mock_server.errors import ApiError, forbidden, unauthorized
@@ -39,7 +40,8 @@ class RegisterRequest(BaseModel):
     rate_limit: StrictInt | None = None
 
 
-def _exchange(state: AppState, api_key: str, ip: IPAddress | None) -> dict[str, Any]:
+def _exchange(state: AppState, api_key: str, ip: IPAddress | None,
+              scope: AsgiScope | None = None) -> dict[str, Any]:
     record = state.keys.authenticate(api_key)
     if record is None:
         state.metrics.inc("ekodb_token_exchanges_total", result="failed")
@@ -52,6 +54,10 @@ def _exchange(state: AppState, api_key: str, ip: IPAddress | None) -> dict[str, 
         state.audit.record("auth.token_failed", key_id=record.key_id, label=record.label,
                            details={"ip": str(ip), "reason": "ip_not_allowed"})
         raise forbidden("client address not allowed for this key")
+    # an exchange is a request of the key: it counts against the key's limit (429 when over)
+    limits = state.key_limits
+    limits.enforce(record.key_id, limits.limit_for(tier=record.tier, is_admin=record.is_admin,
+                                                   override=record.rate_limit), scope)
     token, expires_at = state.tokens.issue(record.key_id, record.version)
     state.metrics.inc("ekodb_token_exchanges_total", result="ok")
     return {"token": token, "expires_at": expires_at}
@@ -60,19 +66,25 @@ def _exchange(state: AppState, api_key: str, ip: IPAddress | None) -> dict[str, 
 @router.post("/api/auth/token", openapi_extra=openapi_body(TokenRequest))
 async def token(request: Request, state: State) -> dict[str, Any]:
     ip = state.client_ip_of(request.scope)
-    limit_key = str(ip)
+    limit_key = f"ip:{ip}"
     limit = state.config.failed_auth_limit
-    decision = state.failed_auth.check(limit_key, limit)
+    # Reserve a failure before evaluating, give it back unless the attempt failed: atomic
+    # in the shared store, so concurrent attempts (from any process on the data dir) can
+    # never all pass a check and overshoot the limit.
+    decision = await run_in_threadpool(state.failed_auth.hit, limit_key, limit)
     if not decision.allowed:
         raise ApiError(429, "rate_limited", "too many failed authentication attempts",
                        decision.headers())
-    body = await json_body(request, TokenRequest)
+    failed = False
     try:
-        return await run_in_threadpool(_exchange, state, body.api_key, ip)
+        body = await json_body(request, TokenRequest)
+        return await run_in_threadpool(_exchange, state, body.api_key, ip, request.scope)
     except ApiError as exc:
-        if exc.status in (401, 403):  # only failures count against the IP
-            state.failed_auth.hit(limit_key, limit)
+        failed = exc.status in (401, 403)  # only failures count against the address
         raise
+    finally:
+        if not failed:
+            await run_in_threadpool(state.failed_auth.refund, limit_key, limit)
 
 
 def _check_mint(principal: Principal, body: RegisterRequest) -> None:
