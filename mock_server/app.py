@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mock_server import __version__
 from mock_server.asgi import request_id
 from mock_server.config import ServerConfig
-from mock_server.errors import ApiError, code_for_status
+from mock_server.errors import ApiError, code_for_status, disk_full
 from mock_server.middleware import (
     BodyLimitMiddleware,
     ContextMiddleware,
@@ -67,6 +67,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    full = disk_full(exc)
+    if full is not None:  # a fault of the server's disk, not a bug: say so, and when to retry
+        log.error("disk full (request %s): %s", request_id(request.scope), exc)
+        return _envelope(request, full.status, full.code, full.message, full.headers)
     log.error("unhandled error (request %s)", request_id(request.scope), exc_info=exc)
     return _envelope(request, 500, "internal_error", "internal server error")
 

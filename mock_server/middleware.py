@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import time
@@ -26,7 +27,7 @@ from mock_server.asgi import (
     send_error,
 )
 from mock_server.config import ServerConfig
-from mock_server.errors import ApiError, code_for_status, payload_too_large
+from mock_server.errors import ApiError, code_for_status, disk_full, payload_too_large
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import (
     IdempotencyStore,
@@ -37,6 +38,8 @@ from mock_server.idempotency import (
 from mock_server.metrics import Metrics
 from mock_server.ratelimit import rate_limit_headers
 from mock_server.storage import Unit, start_fresh
+
+log = logging.getLogger("mock_server")
 
 _CLIENT_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -77,6 +80,7 @@ class ContextMiddleware:
         scope[REQUEST_ID_KEY] = rid
         status = 500
         counted = False
+        responded = False
 
         def count() -> None:
             nonlocal counted
@@ -95,8 +99,9 @@ class ContextMiddleware:
                 self.metrics.inc("ekodb_rate_limited_total")
 
         async def wrapped(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = int(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
@@ -119,6 +124,16 @@ class ContextMiddleware:
                                  {"Connection": "close"})
             else:
                 await self.app(scope, receive, wrapped)
+        except Exception as exc:
+            # A full disk is the server's fault but not a bug: answer 507 here, where every
+            # route and middleware (idempotency cleanup included) has already unwound,
+            # rather than let it become a 500 that also drops the connection.
+            full = disk_full(exc)
+            if full is None or responded or scope["type"] != "http":
+                raise
+            log.error("disk full (request %s): %s", rid, exc)
+            await send_error(scope, wrapped, full.status, full.code, full.message,
+                             full.headers)
         finally:
             count()  # no response started: counted as the 500 it becomes
 

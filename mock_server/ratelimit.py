@@ -160,10 +160,11 @@ class SqliteTatStore:
                     self._writes += 1
                     if self._writes % self.PRUNE_EVERY == 0:  # a past TAT means "full"
                         conn.execute("DELETE FROM gcra WHERE tat < ?", (now,))
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # a failed COMMIT leaves it open: close it
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return decision
 
     def close(self) -> None:
