@@ -67,6 +67,8 @@ class ServerConfig:
     issuer: str = "ekodb-reference"
     #: Threads for blocking work (SQLite, crypto) per process; anyio's default is 40.
     worker_threads: int = 40
+    #: WebSockets one API key may hold open at once (per server process); more close 4429.
+    ws_max_sockets_per_key: int = 16
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()

@@ -409,3 +409,28 @@ def rate_limit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
         return []
     return [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()
             if k != "Retry-After"]
+
+
+class PerKeyCap:
+    """At most `cap` concurrent holders per key (WebSockets open per API key), per process."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> bool:
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= self.cap:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0) - 1
+            if held > 0:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)

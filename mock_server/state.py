@@ -24,7 +24,13 @@ from mock_server.idempotency import IdempotencyStore
 from mock_server.keys import IPAddress, IPNetwork, KeyStore
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
-from mock_server.ratelimit import RATELIMIT_SHM, KeyRateLimits, RateLimiter, SharedTatStore
+from mock_server.ratelimit import (
+    RATELIMIT_SHM,
+    KeyRateLimits,
+    PerKeyCap,
+    RateLimiter,
+    SharedTatStore,
+)
 from mock_server.storage import Storage
 from mock_server.tokens import TokenService
 
@@ -86,6 +92,8 @@ class AppState:
     queues: Queues = field(init=False)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
+    #: Open WebSockets per API key (config.ws_max_sockets_per_key).
+    ws_sockets: PerKeyCap = field(init=False)
 
     def __post_init__(self) -> None:
         self.bus = DataBus(self.storage, self.keyring, self.changes)
@@ -94,6 +102,7 @@ class AppState:
         self.key_limits = KeyRateLimits(
             self.key_limiter, self.config.tier_limits, enabled=self.config.rate_limits_enabled,
             limit_admin_keys=self.config.rate_limit_admin_keys)
+        self.ws_sockets = PerKeyCap(self.config.ws_max_sockets_per_key)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:
