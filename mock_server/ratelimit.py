@@ -318,23 +318,6 @@ class RateLimiter:
 
         return self._store.apply(key, step)
 
-    def refund(self, key: str, limit: int, cost: int = 1) -> None:
-        """Give back `cost` units taken by :meth:`hit` (a reservation that was not needed).
-
-        For limits that count only failures (logins): `hit` *before* evaluating, so
-        concurrent attempts cannot all pass a check and overshoot the limit, and refund
-        when the attempt did not fail. A bucket is never refilled past full.
-        """
-        if limit <= 0:
-            return
-        interval = self.period / limit
-
-        def step(tat: float | None, now: float) -> tuple[Decision, float | None]:
-            after = None if tat is None else max(now, tat - interval * cost)
-            return gcra(after, now, limit, self.period, 0)[0], after
-
-        self._store.apply(key, step)
-
     def close(self) -> None:
         self._store.close()
 

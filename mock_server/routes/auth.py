@@ -68,23 +68,34 @@ async def token(request: Request, state: State) -> dict[str, Any]:
     ip = state.client_ip_of(request.scope)
     limit_key = f"ip:{ip}"
     limit = state.config.failed_auth_limit
-    # Reserve a failure before evaluating, give it back unless the attempt failed: atomic
-    # in the shared store, so concurrent attempts (from any process on the data dir) can
-    # never all pass a check and overshoot the limit.
-    decision = await run_in_threadpool(state.failed_auth.hit, limit_key, limit)
+    limiter = state.failed_auth
+    refused = ApiError(429, "rate_limited", "too many failed authentication attempts")
+    decision = await run_in_threadpool(limiter.check, limit_key, limit)
     if not decision.allowed:
-        raise ApiError(429, "rate_limited", "too many failed authentication attempts",
-                       decision.headers())
-    failed = False
+        refused.headers.update(decision.headers())
+        raise refused
+    body = await json_body(request, TokenRequest)
     try:
-        body = await json_body(request, TokenRequest)
-        return await run_in_threadpool(_exchange, state, body.api_key, ip, request.scope)
+        answer = await run_in_threadpool(_exchange, state, body.api_key, ip, request.scope)
     except ApiError as exc:
-        failed = exc.status in (401, 403)  # only failures count against the address
+        if exc.status not in (401, 403):  # only failures count against the address
+            raise
+        # Counting a failure and deciding to reveal it is one atomic step of the shared
+        # store: however many attempts ran at once (in any process on the data dir), at
+        # most `limit` failures per window are answered as such; the others get 429.
+        decision = await run_in_threadpool(limiter.hit, limit_key, limit)
+        if not decision.allowed:
+            refused.headers.update(decision.headers())
+            raise refused from None
         raise
-    finally:
-        if not failed:
-            await run_in_threadpool(state.failed_auth.refund, limit_key, limit)
+    # A success is revealed only while the address is under its limit, so guesses sent
+    # at once cannot learn more than `limit` outcomes; successes consume nothing, so
+    # concurrent good exchanges never trip the limit themselves.
+    decision = await run_in_threadpool(limiter.check, limit_key, limit)
+    if not decision.allowed:
+        refused.headers.update(decision.headers())
+        raise refused
+    return answer
 
 
 def _check_mint(principal: Principal, body: RegisterRequest) -> None:
