@@ -14,6 +14,7 @@ from mock_server.config import TIERS
 from mock_server.errors import ApiError, forbidden, unauthorized
 from mock_server.http_json import openapi_body
 from mock_server.keys import IPAddress, KeyValidationError, normalize_network
+from mock_server.openapi import errors
 from mock_server.permissions import PermissionSpecError, Scope
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.routes.views import key_info, new_key
@@ -63,7 +64,8 @@ def _exchange(state: AppState, api_key: str, ip: IPAddress | None,
     return {"token": token, "expires_at": expires_at}
 
 
-@router.post("/api/auth/token", openapi_extra=openapi_body(TokenRequest))
+@router.post("/api/auth/token", openapi_extra=openapi_body(TokenRequest),
+             responses=errors(401, 403, 429))
 async def token(request: Request, state: State) -> dict[str, Any]:
     ip = state.client_ip_of(request.scope)
     limit_key = f"ip:{ip}"

@@ -47,6 +47,7 @@ from mock_server.blobs import (
 )
 from mock_server.errors import ApiError, payload_too_large
 from mock_server.http_json import openapi_body, parse_model
+from mock_server.openapi import errors
 from mock_server.permissions import Level
 from mock_server.routes.deps import CurrentPrincipal, State
 from mock_server.state import AppState
@@ -195,7 +196,13 @@ def _meta_headers(meta: BlobMeta) -> dict[str, str]:
     }
 
 
-@router.get("/api/blob/{table}/{blob_id}")
+_BYTES = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/api/blob/{table}/{blob_id}", responses={
+    200: {"description": "The blob, with its own content type", "content": _BYTES},
+    206: {"description": "The requested range (Content-Range)", "content": _BYTES},
+    **errors(416)})
 def get_blob(table: Table, blob_id: BlobId, request: Request, principal: CurrentPrincipal,
              state: State) -> Response:
     principal.require(_resource(table), Level.READ)
