@@ -16,7 +16,7 @@ entries win over these.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -68,6 +68,22 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
         yield from _calls(dep)
 
 
+def _api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Dependant]]:
+    """(path template, methods, dependant) of every API route, included routers too
+    (FastAPI >= 0.16x wraps them: ``app.routes`` no longer lists their routes)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # FastAPI before included routers were wrapped
+        contexts: Iterable[Any] = app.routes
+    else:
+        contexts = iter_route_contexts(app.routes)
+    for context in contexts:
+        route = getattr(context, "original_route", context)
+        if isinstance(route, APIRoute):
+            path = getattr(context, "path_format", None) or route.path_format
+            yield str(path), set(route.methods or ()), route.dependant
+
+
 def error_statuses(method: str, path: str, operation: dict[str, Any],
                    authenticated: bool) -> list[int]:
     """The error statuses the shared machinery can send for one operation."""
@@ -94,11 +110,10 @@ def install(app: FastAPI, is_authenticated: Callable[[Callable[..., Any]], bool]
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         authed: dict[tuple[str, str], bool] = {}
-        for route in app.routes:
-            if isinstance(route, APIRoute):
-                needs = any(is_authenticated(c) for c in _calls(route.dependant))
-                for method in route.methods or ():
-                    authed[(route.path_format, method.lower())] = needs
+        for path_format, methods, dependant in _api_routes(app):
+            needs = any(is_authenticated(c) for c in _calls(dependant))
+            for method in methods:
+                authed[(path_format, method.lower())] = needs
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components["Error"] = ERROR_SCHEMA
         components.pop("HTTPValidationError", None)

@@ -153,3 +153,25 @@ def test_exact_networks_and_addresses_are_kept(api: Api) -> None:
     key = api.create_key("cidr-exact", allowed_ips=["10.0.0.0/8", "127.0.0.1", "::1/128"])
     listed = {k["key_id"]: k for k in api.http.get("/api/auth/keys", headers=api.admin).json()}
     assert listed[key["key_id"]]["allowed_ips"] == ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]
+
+
+# --- item 15: the description documents the real error answers ---------------------------
+
+def test_openapi_documents_error_envelopes_and_no_422(api: Api) -> None:
+    spec = api.http.get("/openapi.json").json()
+    assert spec["components"]["schemas"]["Error"]["required"] == ["error"]
+    operations = [(path, method, op) for path, ops in spec["paths"].items()
+                  for method, op in ops.items()]
+    assert len(operations) >= 60
+    for path, method, op in operations:
+        responses = op["responses"]
+        assert "422" not in responses, (method, path)
+        errors = {code for code in responses if code[0] in "45"}
+        assert {"400", "503"} <= errors, (method, path, sorted(errors))
+        for code in errors:
+            schema = responses[code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, code)
+        if path != "/api/health":  # every other operation authenticates its caller
+            assert {"401", "403", "429"} <= errors, (method, path, sorted(errors))
+        if method in ("post", "put", "patch", "delete"):
+            assert {"409", "413", "507"} <= errors, (method, path)
