@@ -10,18 +10,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mock_server import __version__
 from mock_server.asgi import request_id
 from mock_server.config import ServerConfig
-from mock_server.errors import ApiError, code_for_status
+from mock_server.errors import ApiError, code_for_status, disk_full
 from mock_server.middleware import (
+    KNOWN_METHODS,
     BodyLimitMiddleware,
     ContextMiddleware,
     FaultMiddleware,
     IdempotencyMiddleware,
 )
+from mock_server.openapi import install as install_openapi
 from mock_server.routes import ROUTERS
+from mock_server.routes.deps import is_authentication
 from mock_server.routes.system import faults_router
 from mock_server.state import AppState
 
@@ -48,13 +52,30 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return _envelope(request, exc.status, exc.code, exc.message, exc.headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's 405 names only the first
+    route that matched the path, so paths served by several routes got a short Allow)."""
+    methods: set[str] = set()
+    routes = request.app.router.routes
+    for method in KNOWN_METHODS:  # ask the routes themselves, as the router does
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            methods.add(method)
+    return sorted(methods)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = "not found"
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"method {request.method} not allowed here; allowed: {', '.join(allowed)}"
     return _envelope(request, exc.status_code, code_for_status(exc.status_code), message,
-                     exc.headers)
+                     headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -67,6 +88,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    full = disk_full(exc)
+    if full is not None:  # a fault of the server's disk, not a bug: say so, and when to retry
+        log.error("disk full (request %s): %s", request_id(request.scope), exc)
+        return _envelope(request, full.status, full.code, full.message, full.headers)
     log.error("unhandled error (request %s)", request_id(request.scope), exc_info=exc)
     return _envelope(request, 500, "internal_error", "internal server error")
 
@@ -91,6 +116,8 @@ def create_app(
         app.include_router(router)
     if config.fault_injection:
         app.include_router(faults_router)
+    # /openapi.json documents each operation's real error answers (after all routes)
+    install_openapi(app, is_authentication)
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -48,7 +48,14 @@ class Principal:
 
 
 def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+    """Trusted-proxy CIDRs; host bits are refused (ValueError) rather than widened."""
+    out: list[IPNetwork] = []
+    for cidr in cidrs:
+        try:
+            out.append(ipaddress.ip_network(cidr.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(f"trusted proxy {cidr[:64]!r}: {exc}") from None
+    return tuple(out)
 
 
 def forwarded_for(scope: AsgiScope) -> str | None:

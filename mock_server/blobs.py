@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 from mock_server.crypto import DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError, bad_request, conflict, not_found, payload_too_large
+from mock_server.http_json import parse_json_bytes
 from mock_server.storage import Storage, register_schema
 
 register_schema(
@@ -102,16 +103,22 @@ def check_blob_id(blob_id: str) -> str:
     return blob_id
 
 
-def parse_attributes(raw: str | bytes | None) -> dict[str, Any]:
-    """Attributes are a JSON object of at most 8 KiB (header or body)."""
+def parse_attributes(raw: str | bytes | None, *, max_depth: int = 64) -> dict[str, Any]:
+    """Attributes are a JSON object of at most 8 KiB (header or body).
+
+    Parsed by the same strict parser as request bodies (duplicate keys, NaN, deep nesting
+    and lone surrogates refused). A header value arrives as latin-1 text: its bytes are the
+    UTF-8 the client sent.
+    """
     if raw is None or raw == "" or raw == b"":
         return {}
     if len(raw) > MAX_ATTRIBUTES_BYTES:
         raise bad_request(f"attributes exceed {MAX_ATTRIBUTES_BYTES} bytes")
+    data = raw.encode("latin-1", "replace") if isinstance(raw, str) else raw
     try:
-        value = json.loads(raw)
-    except ValueError:
-        raise bad_request("attributes must be a JSON object") from None
+        value = parse_json_bytes(data, max_depth=max_depth)
+    except ApiError as exc:
+        raise bad_request(f"attributes: {exc.message}") from None
     return check_attributes(value)
 
 

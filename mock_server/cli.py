@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no per-key request limits (the failed-auth limiter stays)")
     p.add_argument("--rate-limit-window", type=float, default=60.0, metavar="SECONDS",
                    help="window the tier limits and per-key rate_limit count over")
+    p.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                   help="concurrent HTTP connections; past it, requests get 503")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time a client has to send a request line and headers")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="idle time allowed before and between requests")
+    p.add_argument("--tls-handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     return p
 
 
@@ -49,8 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535 or args.token_ttl <= 0 or not args.rate_limit_window > 0:
         print("error: invalid --port, --token-ttl or --rate-limit-window", file=sys.stderr)
         return 2
+    if args.max_connections < 1 or not min(args.header_timeout, args.keep_alive_timeout,
+                                           args.tls_handshake_timeout) > 0:
+        print("error: --max-connections must be >= 1 and the timeouts positive",
+              file=sys.stderr)
+        return 2
     config = ServerConfig(
         data_dir=args.data_dir,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        tls_handshake_timeout=args.tls_handshake_timeout,
         host=args.host,
         port=args.port,
         tls_cert=args.tls_cert,

@@ -76,6 +76,18 @@ class ServerConfig:
     trash_retention: float = 7 * 86400.0
     #: How often the sweeper expires records with a TTL and purges KV entries and trash.
     sweep_interval: float = 0.25
+    #: WebSockets one API key may hold open at once (per server process); more close 4429.
+    ws_max_sockets_per_key: int = 16
+    #: Seconds a client has to send a complete request head (line + headers), counted from
+    #: the connection (or the previous answer); then 408 and close.
+    header_timeout: float = 10.0
+    #: Seconds a connection may sit idle before its first request or between requests.
+    keep_alive_timeout: float = 5.0
+    #: Seconds a client has to complete the TLS handshake.
+    tls_handshake_timeout: float = 10.0
+    #: Concurrent HTTP connections per process; past it, requests get 503 and the
+    #: connection is closed.
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()
@@ -89,6 +101,11 @@ class ServerConfig:
             raise ValueError("worker_threads must be >= 1")
         if not self.rate_limit_window > 0:
             raise ValueError("rate_limit_window must be positive")
+        for name in ("header_timeout", "keep_alive_timeout", "tls_handshake_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_connections < 1 or self.ws_max_sockets_per_key < 1:
+            raise ValueError("max_connections and ws_max_sockets_per_key must be >= 1")
         for tier, limit in self.tier_limits.items():
             if tier not in TIER_LIMITS or not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"tier_limits: {tier!r} must be a known tier with a limit >= 1")

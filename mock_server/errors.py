@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Mapping
 
 
@@ -67,7 +69,9 @@ STATUS_CODES: dict[int, str] = {
     422: "validation_error",
     429: "rate_limited",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -75,3 +79,26 @@ def code_for_status(status: int) -> str:
     if status in STATUS_CODES:
         return STATUS_CODES[status]
     return "bad_request" if status < 500 else "internal_error"
+
+
+#: Seconds a client is told to wait after a write refused for lack of disk space.
+DISK_FULL_RETRY_AFTER = 30
+_SQLITE_FULL = 13
+
+
+def disk_full(exc: BaseException) -> ApiError | None:
+    """507 for an error that means "no space left" (SQLite's SQLITE_FULL, or ENOSPC/EDQUOT
+    from a file write), else None. The request's writes were rolled back with it."""
+    full = False
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        full = (code is not None and code & 0xFF == _SQLITE_FULL) \
+            or "database or disk is full" in str(exc)
+    elif isinstance(exc, OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full:
+        return None
+    return ApiError(507, "insufficient_storage",
+                    "the server's disk is full, so this write was not made (nothing was "
+                    "stored); reads still work. Retry once space is freed on the server.",
+                    {"Retry-After": str(DISK_FULL_RETRY_AFTER)})

@@ -19,6 +19,8 @@ M = TypeVar("M", bound=BaseModel)
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
+#: A \uD800-\uDFFF escape in the text: only then can a decoded string hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class _Reject(ValueError):
@@ -69,12 +71,43 @@ def parse_json_bytes(raw: bytes, *, max_depth: int) -> Any:
     if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
         raise ApiError(400, "invalid_json", f"JSON nesting deeper than {max_depth}")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except _Reject as exc:
         raise ApiError(400, "invalid_json", str(exc)) from None
     except (ValueError, RecursionError) as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "malformed"
         raise ApiError(400, "invalid_json", f"malformed JSON: {detail}") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise ApiError(400, "invalid_json", "a string holds a lone UTF-16 surrogate "
+                       "(\\uD800-\\uDFFF without its pair): not valid Unicode")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any key or string in a parsed document cannot be encoded as UTF-8.
+
+    json.loads accepts ``"\\ud800"`` (a string no UTF-8 encoder can write): left in, it fails
+    later, when the document is stored, as a 500. Iterative, so depth costs no stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            items: list[Any] = [item]
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            items = list(item)
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in items:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -111,6 +111,8 @@ class IdempotencyStore:
         self._ttl = ttl
         self._calls = 0
         self.holder = f"{os.getpid()}:{secrets.token_hex(8)}"
+        #: Pending rows of ours whose attempt failed but whose DELETE failed too.
+        self._abandoned: set[tuple[str, bytes]] = set()
         _LIVE.add(self.holder)
 
     def close(self) -> None:
@@ -134,6 +136,8 @@ class IdempotencyStore:
         ikey = self._ikey(owner, key)
         now = time.time()
         self._calls += 1
+        if self._abandoned:
+            self._retry_abandoned()
         seen = self._decide(owner, ikey, fp, now, self._storage.conn)
         if seen is not None and seen != "proceed":
             return seen
@@ -149,11 +153,12 @@ class IdempotencyStore:
                     (owner, ikey, fp, now, now, self.holder),
                 )
                 return "proceed"
-            if again == "proceed":  # take over a crashed attempt's row
+            if again == "proceed":  # take over a crashed (or abandoned) attempt's row
                 conn.execute(
                     "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
                     (now, self.holder, owner, ikey),
                 )
+                self._abandoned.discard((owner, ikey))
             return again
 
     def _decide(self, owner: str, ikey: bytes, fp: bytes, now: float,
@@ -176,7 +181,8 @@ class IdempotencyStore:
             )
             hdrs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers)]
             return Replay(int(status), hdrs, plain)
-        if started < now - PENDING_LEASE or _holder_gone(holder, self.holder):
+        if started < now - PENDING_LEASE or _holder_gone(holder, self.holder) \
+                or (holder == self.holder and (owner, ikey) in self._abandoned):
             return "proceed"
         return "wait"
 
@@ -233,11 +239,30 @@ class IdempotencyStore:
     def abandon(self, owner: str, key: str) -> None:
         """Forget a pending attempt (it failed with 5xx or crashed) so a retry runs anew.
 
-        Roll back the attempt's unit first: its writes must not outlive the row.
+        Roll back the attempt's unit first: its writes must not outlive the row. When the
+        DELETE itself fails (a full disk fails the write that failed the attempt, and then
+        this one), the row is remembered as abandoned: a retry here takes it over at once,
+        and the next :meth:`begin` deletes it once the disk has room again.
         """
+        ikey = self._ikey(owner, key)
+        try:
+            self._delete_pending(owner, ikey)
+        except sqlite3.Error:
+            self._abandoned.add((owner, ikey))
+            raise
+
+    def _delete_pending(self, owner: str, ikey: bytes) -> None:
         with self._storage.transaction() as conn:
             conn.execute(
                 "DELETE FROM idempotency WHERE owner = ? AND ikey = ? AND state = 'pending'"
                 " AND holder = ?",
-                (owner, self._ikey(owner, key), self.holder),
+                (owner, ikey, self.holder),
             )
+
+    def _retry_abandoned(self) -> None:
+        for owner, ikey in list(self._abandoned):
+            try:
+                self._delete_pending(owner, ikey)
+            except sqlite3.Error:
+                return  # still no room: keep them for the next request
+            self._abandoned.discard((owner, ikey))

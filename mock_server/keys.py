@@ -116,6 +116,29 @@ def normalize_network(text: str) -> IPNetwork:
     return net
 
 
+def check_exact_network(text: str, net: IPNetwork, what: str) -> None:
+    """Refuse a CIDR with host bits set, and a /0 (every address) written as a prefix.
+
+    ``10.0.0.1/8`` used to be widened silently to ``10.0.0.0/8``: whoever wrote it most likely
+    meant one address, so it is refused with the two readings spelled out. ``0.0.0.0/0`` or
+    ``::/0`` in an allowlist restricts nothing (for its family): no allowlist says that
+    explicitly, so an allowlist may not.
+    """
+    given = text.strip()
+    if "/" in given:
+        try:
+            ipaddress.ip_network(given, strict=True)
+        except ValueError:
+            addr = given.split("/", 1)[0]
+            raise KeyValidationError(
+                f"{what}: {given[:64]!r} has host bits set; write {str(net)!r} for the "
+                f"network or {addr[:48]!r} for the single address") from None
+    if net.prefixlen == 0:
+        raise KeyValidationError(
+            f"{what}: {given[:64]!r} allows every address; to leave a key unrestricted, "
+            "give no allowed_ips (an empty list)")
+
+
 def validate_allowed_ips(raw: object) -> list[str]:
     if raw is None:
         return []
@@ -131,6 +154,7 @@ def validate_allowed_ips(raw: object) -> list[str]:
             net = normalize_network(item)
         except ValueError:
             raise KeyValidationError(f"allowed_ips: {item[:64]!r} is not a CIDR") from None
+        check_exact_network(item, net, "allowed_ips")
         if str(net) not in out:
             out.append(str(net))
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import time
@@ -26,7 +27,7 @@ from mock_server.asgi import (
     send_error,
 )
 from mock_server.config import ServerConfig
-from mock_server.errors import ApiError, code_for_status, payload_too_large
+from mock_server.errors import ApiError, code_for_status, disk_full, payload_too_large
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import (
     IdempotencyStore,
@@ -38,9 +39,27 @@ from mock_server.metrics import Metrics
 from mock_server.ratelimit import rate_limit_headers
 from mock_server.storage import Unit, start_fresh
 
+log = logging.getLogger("mock_server")
+
 _CLIENT_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _IDEM_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: RFC 9110 methods the router answers (405 + Allow where a path lacks one); any other
+#: token gets 501 before any work, and metrics label it OTHER, so raw input never becomes
+#: a label (each label value is a permanent series).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                           "TRACE"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+def framing_conflict(scope: Scope) -> bool:
+    """Content-Length together with Transfer-Encoding (RFC 9112 §6.1: a request smuggling
+    vector; the server must not keep the connection)."""
+    names = {bytes(k) for k, _ in scope.get("headers", ())}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 class ContextMiddleware:
@@ -61,6 +80,7 @@ class ContextMiddleware:
         scope[REQUEST_ID_KEY] = rid
         status = 500
         counted = False
+        responded = False
 
         def count() -> None:
             nonlocal counted
@@ -71,7 +91,7 @@ class ContextMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.inc(
                 "ekodb_requests_total",
-                method=str(scope.get("method", "")),
+                method=method_label(str(scope.get("method", ""))),
                 route=str(template),
                 status=str(status),
             )
@@ -79,8 +99,9 @@ class ContextMiddleware:
                 self.metrics.inc("ekodb_rate_limited_total")
 
         async def wrapped(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = int(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
@@ -92,7 +113,27 @@ class ContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, wrapped)
+            if scope["type"] == "http" and scope.get("method") not in KNOWN_METHODS:
+                await send_error(scope, wrapped, 501, "not_implemented",
+                                 "unsupported HTTP method; this server implements "
+                                 + ", ".join(sorted(KNOWN_METHODS)))
+            elif scope["type"] == "http" and framing_conflict(scope):
+                await send_error(scope, wrapped, 400, "bad_request",
+                                 "Content-Length together with Transfer-Encoding is refused "
+                                 "(RFC 9112 section 6.1); send one of them",
+                                 {"Connection": "close"})
+            else:
+                await self.app(scope, receive, wrapped)
+        except Exception as exc:
+            # A full disk is the server's fault but not a bug: answer 507 here, where every
+            # route and middleware (idempotency cleanup included) has already unwound,
+            # rather than let it become a 500 that also drops the connection.
+            full = disk_full(exc)
+            if full is None or responded or scope["type"] != "http":
+                raise
+            log.error("disk full (request %s): %s", rid, exc)
+            await send_error(scope, wrapped, full.status, full.code, full.message,
+                             full.headers)
         finally:
             count()  # no response started: counted as the 500 it becomes
 

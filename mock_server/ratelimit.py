@@ -3,16 +3,30 @@
 GCRA keeps one number per key (the theoretical arrival time, TAT), allows bursts up to the
 limit and refills smoothly, so `limit` requests per `period` seconds are never exceeded.
 The step is a pure function; a *store* makes read-step-write atomic: `MemoryTatStore` (one
-lock, per process; used by the failed-auth limiter) or `SqliteTatStore` (one
-``BEGIN IMMEDIATE`` transaction in ``<data_dir>/ratelimit.sqlite3``, used for per-key limits,
-so several server processes on one data dir share one budget per key and the windows survive
-a restart). That file holds key ids and timestamps only, no secret and no payload.
+lock, per process), `SharedTatStore` (a fixed-size table in a memory-mapped file,
+``<data_dir>/ratelimit.shm``, under ``flock``: used for per-key limits and the failed-auth
+limiter, so several server processes on one data dir share one exact budget per key and per
+client address) or `SqliteTatStore` (one ``BEGIN IMMEDIATE`` transaction per step; kept
+for callers that want SQLite). These files hold key ids, addresses and timestamps only.
+
+Why not SQLite for the server: a durable write per request made every rate-limited request
+depend on free disk space (reads failed on a full disk) and cost a transaction each. The
+shared table's file is allocated in full when created and then only rewritten in place
+through the page cache, never fsynced: a full disk cannot fail it, and a request costs a
+hash, an ``flock`` and a 24-byte store (see bench/ratelimit_store.py). A crash or power cut
+may lose the last updates, which only forgives a few requests.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import math
+import mmap
+import os
 import sqlite3
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +43,7 @@ from mock_server.errors import ApiError
 #: Where a request's rate-limit decision is left for the response headers (see middleware).
 DECISION_KEY = "ekodb.ratelimit"
 RATELIMIT_DB = "ratelimit.sqlite3"
+RATELIMIT_SHM = "ratelimit.shm"
 
 
 @dataclass(frozen=True)
@@ -145,15 +160,129 @@ class SqliteTatStore:
                     self._writes += 1
                     if self._writes % self.PRUNE_EVERY == 0:  # a past TAT means "full"
                         conn.execute("DELETE FROM gcra WHERE tat < ?", (now,))
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # a failed COMMIT leaves it open: close it
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return decision
 
     def close(self) -> None:
         with self._lock, suppress(sqlite3.Error):
             self._conn.close()
+
+
+class SharedTatStore:
+    """TATs in an open-addressed hash table in a memory-mapped file, shared by processes.
+
+    Layout: a 64-byte header (magic, slot count) then ``slots`` entries of (16-byte BLAKE2b
+    of the key, TAT as a double). A lookup probes at most MAX_PROBE slots from the key's
+    hash. A slot whose TAT is in the past is a full bucket, the same as no entry, so it may
+    be reused by another key. Only when every probed slot holds a live bucket (more live
+    keys than the table is built for) is the one closest to full replaced: that key starts
+    over, which forgives it at most one window. Wall-clock time: processes share no
+    monotonic clock.
+
+    One ``threading.Lock`` for the threads of a process (``flock`` locks belong to the open
+    file, which those threads share) plus an exclusive ``flock`` for other processes, held
+    for one read-step-write only.
+    """
+
+    MAGIC = b"EKORLTAT"
+    HEADER = 64
+    _SLOT = struct.Struct("<16sd")
+    _HEAD = struct.Struct("<8sQ")
+    MAX_PROBE = 32
+    _EMPTY = bytes(16)
+
+    def __init__(self, path: Path, *, slots: int = 1 << 16,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._slots = self._prepare(slots)
+            size = self.HEADER + self._slots * self._SLOT.size
+            self._mm = mmap.mmap(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._closed = False
+
+    def _prepare(self, slots: int) -> int:
+        """Create the table once (every block allocated now), or adopt the existing one."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            head = os.pread(self._fd, self._HEAD.size, 0)
+            if len(head) == self._HEAD.size:
+                magic, existing = self._HEAD.unpack(head)
+                size = self.HEADER + existing * self._SLOT.size
+                if magic == self.MAGIC and existing > 0 \
+                        and os.fstat(self._fd).st_size >= size:
+                    return int(existing)
+            size = self.HEADER + slots * self._SLOT.size
+            os.ftruncate(self._fd, 0)
+            try:
+                os.posix_fallocate(self._fd, 0, size)
+            except OSError as exc:  # a file system without fallocate: write the zeros
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                os.pwrite(self._fd, bytes(size), 0)
+            os.pwrite(self._fd, self._HEAD.pack(self.MAGIC, slots), 0)
+            return slots
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _digest(self, key: str) -> bytes:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return digest if digest != self._EMPTY else b"\x01" + digest[1:]
+
+    def apply(self, key: str, step: Step) -> Decision:
+        digest = self._digest(key)
+        start = int.from_bytes(digest[:8], "little") % self._slots
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("rate-limit store is closed")
+            mm = self._mm
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                now = self._clock()
+                found: int | None = None
+                free: int | None = None
+                victim, victim_tat = -1, math.inf
+                for i in range(self.MAX_PROBE):
+                    off = self.HEADER + ((start + i) % self._slots) * self._SLOT.size
+                    slot_key, tat = self._SLOT.unpack_from(mm, off)
+                    if slot_key == digest:
+                        found = off
+                        break
+                    if slot_key == self._EMPTY:
+                        if free is None:
+                            free = off
+                        break  # the chain ends: the key is not further on
+                    if tat < now and free is None:
+                        free = off
+                    if tat < victim_tat:
+                        victim, victim_tat = off, tat
+                stored = None
+                if found is not None:
+                    stored = self._SLOT.unpack_from(mm, found)[1]
+                decision, new = step(stored, now)
+                if new is not None:
+                    where = found if found is not None else free if free is not None \
+                        else victim
+                    self._SLOT.pack_into(mm, where, digest, new)
+                return decision
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._mm.close()
+            os.close(self._fd)
 
 
 class RateLimiter:
@@ -263,3 +392,28 @@ def rate_limit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
         return []
     return [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()
             if k != "Retry-After"]
+
+
+class PerKeyCap:
+    """At most `cap` concurrent holders per key (WebSockets open per API key), per process."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> bool:
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= self.cap:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0) - 1
+            if held > 0:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)

@@ -7,7 +7,7 @@ import ipaddress
 import secrets
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,12 +18,20 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mock_server.app import create_app
-from mock_server.asgi import error_body
+from mock_server.asgi import (
+    REQUEST_ID_KEY,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    request_id,
+    send_error,
+)
 from mock_server.config import ServerConfig
 from mock_server.metrics import Metrics
 from mock_server.routes.ws import MAX_FRAME
 from mock_server.state import AppState
-from mock_server.tls import ensure_local_ca
+from mock_server.tls import ensure_local_ca, harden
 
 #: Largest request line + headers accepted (h11's default is 16 KiB). The API describes
 #: query strings up to two 8192-character fields (``select_fields``/``exclude_fields``):
@@ -32,23 +40,120 @@ from mock_server.tls import ensure_local_ca
 MAX_REQUEST_HEAD = 256 * 1024
 
 
-def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
-    """An H11Protocol that counts TCP connections (ekodb_connections_* metrics).
+def _raw_answer(status: int, reason: bytes, code: str, message: str,
+                extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    """A complete HTTP/1.1 answer with the SPEC §4.2 envelope that closes the connection,
+    for answers written straight to the transport (no request reached the app)."""
+    rid = "req_" + secrets.token_hex(12)
+    body = error_body(code, message, rid)
+    head = [b"HTTP/1.1 %d %s" % (status, reason), b"content-type: application/json",
+            b"content-length: %d" % len(body), b"x-request-id: " + rid.encode(),
+            b"connection: close", *(k + b": " + v for k, v in extra)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def counting_protocol(metrics: Metrics, config: ServerConfig | None = None
+                      ) -> type[H11Protocol]:
+    """An H11Protocol that counts TCP connections (ekodb_connections_* metrics) and bounds
+    what a client may hold without sending requests.
+
+    * A request head (line + headers) must be complete within ``header_timeout`` of the
+      connection or of the previous answer (slowloris): else 408 and close.
+    * A new connection that sends nothing is closed after ``keep_alive_timeout``, as an idle
+      keep-alive one is (uvicorn only times out idle connections after an answer).
+    * Past ``max_connections`` open connections, a request gets 503 with Retry-After and its
+      connection is closed (the envelope, not uvicorn's plain-text 503).
 
     It also answers requests h11 cannot parse (a malformed request line or header, or a
     request head over MAX_REQUEST_HEAD) with the SPEC §4.2 JSON envelope instead of
     uvicorn's plain-text 400: they never reach the app.
     """
+    cfg = config
+    header_timeout = cfg.header_timeout if cfg is not None else 10.0
+    cap = cfg.max_connections if cfg is not None else None
+    open_now = [0]  # HTTP connections of this server (its protocols share the loop thread)
+
+    async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[REQUEST_ID_KEY] = "req_" + secrets.token_hex(12)
+        await send_error(scope, send, 503, "service_unavailable",
+                         f"server busy: at its limit of {cap} open connections; retry shortly",
+                         {"Retry-After": "1", "Connection": "close",
+                          "X-Request-Id": request_id(scope)})
 
     class CountingH11Protocol(H11Protocol):
+        _counted = False
+        _head_timer: asyncio.TimerHandle | None = None
+        _armed_cycle: object = None
+        _head_started = False
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             metrics.inc("ekodb_connections_opened_total")
             metrics.inc("ekodb_connections_open")
             super().connection_made(transport)
+            if cap is not None and open_now[0] >= cap:
+                self.app = over_capacity
+            open_now[0] += 1
+            self._counted = True
+            self._arm_head_timer()
+            # idle before the first request: uvicorn's keep-alive timer (data cancels it)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+        def _uncount(self) -> None:
+            if self._counted:
+                self._counted = False
+                open_now[0] -= 1
+                metrics.inc("ekodb_connections_open", -1)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            metrics.inc("ekodb_connections_open", -1)
+            self._uncount()
+            self._disarm_head_timer()
             super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._disarm_head_timer()
+            self._armed_cycle = self.cycle
+            self._head_started = False
+            self._head_timer = self.loop.call_later(header_timeout, self._head_too_slow)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not self._armed_cycle:  # a request arrived meanwhile
+                return
+            if self._head_started:
+                self.transport.write(_raw_answer(
+                    408, b"Request Timeout", "request_timeout",
+                    f"request line and headers not received within {header_timeout:g}s"))
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is not None:
+                self._head_started = True
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._head_timer is not None and self.cycle is not self._armed_cycle:
+                self._disarm_head_timer()  # the head is complete: the request runs
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            # from here the connection is a WebSocket (capped per key), not an HTTP one
+            self._disarm_head_timer()
+            self._uncount()
+            super().handle_websocket_upgrade(event)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.cycle is not None \
+                    and self.cycle.response_complete:
+                self._arm_head_timer()  # the next head has header_timeout too
 
         def shutdown(self) -> None:
             # An idle keep-alive TLS connection closed politely waits for the peer's
@@ -75,6 +180,20 @@ def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
             self.transport.close()
 
     return CountingH11Protocol
+
+
+def tls_loop_factory(handshake_timeout: float) -> Callable[[], asyncio.AbstractEventLoop]:
+    """An event loop whose TLS servers give a client `handshake_timeout` s to finish the
+    handshake (asyncio's default is 60 s; uvicorn offers no setting for it)."""
+
+    class Loop(asyncio.SelectorEventLoop):
+        async def create_server(self, *args: Any, **kwargs: Any
+                                ) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", handshake_timeout)
+            return await super().create_server(*args, **kwargs)
+
+    return Loop
 
 
 def is_loopback(host: str) -> bool:
@@ -156,7 +275,9 @@ class ReferenceServer:
         self.port = int(self._sock.getsockname()[1])
         uv_config = uvicorn.Config(
             app,
-            http=counting_protocol(self.state.metrics),
+            http=counting_protocol(self.state.metrics, cfg),
+            # typed int, used as a call_later delay: a float works
+            timeout_keep_alive=cfg.keep_alive_timeout,  # type: ignore[arg-type]
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -167,13 +288,15 @@ class ReferenceServer:
             # the route's own 64 KiB check stays the one that answers with a reason
             ws_max_size=MAX_FRAME + 1024,
             h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+            # Mozilla "intermediate" TLS (mock_server.tls.harden), also for a user's cert
+            ssl_context_factory=(lambda _config, default: harden(default())) if ssl else None,
             **ssl,
         )
         self._server = uvicorn.Server(uv_config)
         sock = self._sock
         server = self._server
         threads = cfg.worker_threads
-        loop_factory = uv_config.get_loop_factory()  # what server.run() would use
+        loop_factory = tls_loop_factory(cfg.tls_handshake_timeout)
 
         async def serve() -> None:
             # blocking work (SQLite, crypto) runs on this many threads (anyio's limiter)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import secrets
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mock_server.actions import RecordActions
 from mock_server.asgi import Scope, header
@@ -23,7 +28,13 @@ from mock_server.keys import IPAddress, IPNetwork, KeyStore
 from mock_server.kv import KVStore
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
-from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, SqliteTatStore
+from mock_server.ratelimit import (
+    RATELIMIT_SHM,
+    KeyRateLimits,
+    PerKeyCap,
+    RateLimiter,
+    SharedTatStore,
+)
 from mock_server.realtime import Realtime
 from mock_server.search import SearchService
 from mock_server.storage import Storage
@@ -31,6 +42,34 @@ from mock_server.sweeper import Sweeper
 from mock_server.tokens import TokenService
 from mock_server.transactions import Transactions
 from mock_server.trash import RecordTtl, Trash
+
+
+class DataDirError(RuntimeError):
+    """The data dir cannot be used (unwritable, read-only, not a directory, bad database)."""
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Fail at start, with what to fix, if the data dir cannot be written.
+
+    A read-only or unwritable dir used to surface as a traceback from deep in SQLite
+    ("unable to open database file"); a probe file written, synced and removed here says
+    which directory is at fault and why.
+    """
+    fix = "fix its permissions or mount, or choose another --data-dir"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        why = "is on a read-only file system" if exc.errno == errno.EROFS else \
+            f"is not writable ({exc.strerror or exc})"
+        raise DataDirError(f"data dir {data_dir} {why}: {fix}") from None
 
 
 @dataclass
@@ -77,6 +116,8 @@ class AppState:
     kv: KVStore = field(init=False)
     #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
     sweeper: Sweeper = field(init=False)
+    #: Open WebSockets per API key (config.ws_max_sockets_per_key).
+    ws_sockets: PerKeyCap = field(init=False)
 
     def __post_init__(self) -> None:
         self.bus = DataBus(self.storage, self.keyring, self.changes)
@@ -96,13 +137,25 @@ class AppState:
         self.record_ttl = RecordTtl(self.datastore, self.storage, self.keyring)
         self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge],
                                self.config.sweep_interval)
+        self.ws_sockets = PerKeyCap(self.config.ws_max_sockets_per_key)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        check_data_dir(config.data_dir)
+        try:
+            return cls._open(config, environ)
+        except sqlite3.Error as exc:
+            raise DataDirError(f"cannot open the database in data dir {config.data_dir} "
+                               f"({exc}): check that its files are readable and writable, "
+                               "or choose another --data-dir") from None
+
+    @classmethod
+    def _open(cls, config: ServerConfig, environ: Mapping[str, str] | None) -> AppState:
         env = dict(environ) if environ is not None else None
         keyring = KeyRing(load_master_key(config.data_dir, env))
+        trusted = parse_networks(config.trusted_proxies)  # ValueError before opening anything
         storage = Storage(config.data_dir)
+        shared_limits = SharedTatStore(config.data_dir / RATELIMIT_SHM)
         metrics = Metrics()
         keys = KeyStore(storage, keyring, config.key_env)
         tokens = TokenService(
@@ -121,11 +174,12 @@ class AppState:
             metrics=metrics,
             authenticator=Authenticator(keys, tokens, metrics),
             idempotency=IdempotencyStore(storage, keyring, config.idempotency_ttl),
-            failed_auth=RateLimiter(60.0),
-            key_limiter=RateLimiter(config.rate_limit_window,
-                                    store=SqliteTatStore(config.data_dir / RATELIMIT_DB)),
+            # one shared table for both: every process on the data dir sees the same
+            # budgets (key ids and "ip:" entries cannot collide)
+            failed_auth=RateLimiter(60.0, store=shared_limits),
+            key_limiter=RateLimiter(config.rate_limit_window, store=shared_limits),
             faults=FaultInjector(),
-            trusted_proxies=parse_networks(config.trusted_proxies),
+            trusted_proxies=trusted,
         )
         state.admin_key = keys.bootstrap(env)
         state.blobs = BlobStore(storage, keyring, config.data_dir / "blobs",

@@ -309,12 +309,14 @@ class Storage:
         self._local.depth, self._local.effects = 1, effects
         try:
             yield conn
+            # a failed COMMIT (SQLITE_FULL on a full disk) leaves the transaction open,
+            # holding the write lock: roll it back below like any failure
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             _run_all(effects.rolled_back, "a rollback")
             raise
-        else:
-            conn.execute("COMMIT")
         finally:
             self._local.depth, self._local.effects = 0, None
         _run_all(effects.committed, "a commit")

@@ -5,14 +5,21 @@ present certificates from the same CA, or a client trusting one node's CA bundle
 the others. So the CA is made once, under a file lock (concurrent first starts wait for the
 winner), and is never replaced while its key is still there: a missing or expiring leaf is
 re-issued from the existing CA instead of minting a new CA that running clients do not trust.
+
+The server side follows Mozilla's "intermediate" profile (see :func:`harden`): TLS 1.2+, AEAD
+suites only on 1.2, key exchange on X25519/P-256/P-384, and a local leaf of LEAF_LIFETIME
+(re-issued at start when it nears expiry, or when an older, longer-lived leaf is found).
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import fcntl
 import ipaddress
+import logging
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +63,59 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 #: A leaf certificate this close to expiry is re-issued (from the same CA) at start.
 RENEW_BEFORE = dt.timedelta(days=30)
+#: Lifetime of the local leaf (Mozilla intermediate: 90 days; it used to be 825).
+LEAF_LIFETIME = dt.timedelta(days=90)
+
+#: Mozilla "intermediate" TLS 1.2 suites: ECDHE with AES-GCM or ChaCha20-Poly1305, no CBC,
+#: no static RSA, no DHE (no finite-field groups are offered). TLS 1.3 suites are all AEAD.
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+#: Key-exchange groups, in preference order.
+TLS_GROUPS = "X25519:P-256:P-384"
+_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL's SSL_CTX_set1_groups_list is this ctrl (a macro)
+
+log = logging.getLogger("mock_server.tls")
+
+
+def harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Apply the intermediate profile to a server context (uvicorn's or a user's cert)."""
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not _set_groups(ctx, TLS_GROUPS):
+        # one group only, but still within the profile
+        log.warning("cannot restrict TLS groups to %s; offering P-256 only", TLS_GROUPS)
+        ctx.set_ecdh_curve("prime256v1")
+    return ctx
+
+
+def _set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
+    """``SSL_CTX_set1_groups_list`` on the context's ``SSL_CTX``.
+
+    Python's ssl module has no binding for it before 3.15 (``set_ecdh_curve`` sets one
+    curve), so it is called through ctypes in the libssl the ``_ssl`` module is linked to.
+    The ``SSL_CTX*`` is the first field after the object header of CPython's context object.
+    """
+    setter = getattr(ctx, "set_groups", None)
+    if setter is not None:  # Python 3.15+
+        setter(groups)
+        return True
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        ctrl = lib.SSL_CTX_ctrl
+    except (OSError, AttributeError):
+        return False
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    ctrl.restype = ctypes.c_long
+    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ssl_ctx:
+        return False
+    return bool(ctrl(ssl_ctx, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()))
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ekodb reference local CA")])
 
 
@@ -87,6 +147,9 @@ def _usable(files: TlsFiles) -> bool:
     try:
         leaf = x509.load_pem_x509_certificate(files.cert.read_bytes())
     except (OSError, ValueError):
+        return False
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    if lifetime > LEAF_LIFETIME + dt.timedelta(days=1):  # an 825-day leaf of an older version
         return False
     return leaf.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > RENEW_BEFORE
 
@@ -152,7 +215,7 @@ def _issue_leaf(files: TlsFiles, ca_cert: x509.Certificate,
         .public_key(leaf_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=825))
+        .not_valid_after(now + LEAF_LIFETIME)
         .add_extension(
             x509.SubjectAlternativeName([
                 x509.DNSName("localhost"),

@@ -38,26 +38,27 @@ def counting_hook() -> tuple[list[int], Callable[[httpx.Response], None]]:
 
 def test_exhausted_key_raises_rate_limit_error_with_figures(ekodb_server: ServerInfo,
                                                            admin: Client) -> None:
-    key = admin.admin.create_key("two-per-minute", rate_limit=2).api_key
+    # three: the token exchange is the first request of the key
+    key = admin.admin.create_key("three-per-minute", rate_limit=3).api_key
     with Client(base_url=ekodb_server.url, api_key=key, ca_bundle=ekodb_server.ca_bundle,
                 retry={"max_attempts": 1}) as client:
         client.admin.permissions()
         seen = client.rate_limit
-        assert seen is not None and (seen.limit, seen.remaining) == (2, 1)
+        assert seen is not None and (seen.limit, seen.remaining) == (3, 1)
         client.admin.permissions()
         with pytest.raises(RateLimitError) as caught:
             client.admin.permissions()
     err = caught.value
     assert err.status == 429 and err.code == "rate_limited"
     assert err.retry_after is not None and err.retry_after >= 1
-    assert (err.limit, err.remaining) == (2, 0)
+    assert (err.limit, err.remaining) == (3, 0)
     assert err.reset is not None and 1 <= err.reset <= 60
     assert key not in str(err)
 
 
 def test_retry_waits_for_retry_after_then_succeeds(ekodb_server_factory: Any) -> None:
-    info = ekodb_server_factory(rate_limit_window=2.0)
-    key = make_key(info, rate_limit=2)  # one more every second
+    info = ekodb_server_factory(rate_limit_window=3.0)
+    key = make_key(info, rate_limit=3)  # one more every second; the exchange is the first
     statuses, hook = counting_hook()
     with Client(base_url=info.url, api_key=key, ca_bundle=info.ca_bundle,
                 event_hooks={"response": [hook]}) as client:
@@ -83,7 +84,8 @@ def test_figures_are_per_credential_and_on_the_client(ekodb_server: ServerInfo, 
         twenty.admin.permissions()
         a, b = ten.rate_limit, twenty.rate_limit
         assert a is not None and b is not None
-        assert (a.limit, a.remaining, b.limit, b.remaining) == (10, 9, 20, 18)
+        # each credential's token exchange counted too
+        assert (a.limit, a.remaining, b.limit, b.remaining) == (10, 8, 20, 17)
         assert client.rate_limit == a  # the client's own key is the view's key
         assert isinstance(a, RateLimitInfo) and a.reset is not None and a.reset >= 1
 

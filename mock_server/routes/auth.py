@@ -8,11 +8,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.concurrency import run_in_threadpool
 
+from mock_server.asgi import Scope as AsgiScope
 from mock_server.auth import Principal
 from mock_server.delegation import Child, check_mint
 from mock_server.errors import ApiError, forbidden, unauthorized
 from mock_server.http_json import openapi_body
 from mock_server.keys import IPAddress, KeyValidationError
+from mock_server.openapi import errors
 from mock_server.permissions import PermissionSpecError, Scope
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.routes.views import key_info, new_key
@@ -39,7 +41,8 @@ class RegisterRequest(BaseModel):
     rate_limit: StrictInt | None = None
 
 
-def _exchange(state: AppState, api_key: str, ip: IPAddress | None) -> dict[str, Any]:
+def _exchange(state: AppState, api_key: str, ip: IPAddress | None,
+              scope: AsgiScope | None = None) -> dict[str, Any]:
     record = state.keys.authenticate(api_key)
     if record is None:
         state.metrics.inc("ekodb_token_exchanges_total", result="failed")
@@ -52,27 +55,49 @@ def _exchange(state: AppState, api_key: str, ip: IPAddress | None) -> dict[str, 
         state.audit.record("auth.token_failed", key_id=record.key_id, label=record.label,
                            details={"ip": str(ip), "reason": "ip_not_allowed"})
         raise forbidden("client address not allowed for this key")
+    # an exchange is a request of the key: it counts against the key's limit (429 when over)
+    limits = state.key_limits
+    limits.enforce(record.key_id, limits.limit_for(tier=record.tier, is_admin=record.is_admin,
+                                                   override=record.rate_limit), scope)
     token, expires_at = state.tokens.issue(record.key_id, record.version)
     state.metrics.inc("ekodb_token_exchanges_total", result="ok")
     return {"token": token, "expires_at": expires_at}
 
 
-@router.post("/api/auth/token", openapi_extra=openapi_body(TokenRequest))
+@router.post("/api/auth/token", openapi_extra=openapi_body(TokenRequest),
+             responses=errors(401, 403, 429))
 async def token(request: Request, state: State) -> dict[str, Any]:
     ip = state.client_ip_of(request.scope)
-    limit_key = str(ip)
+    limit_key = f"ip:{ip}"
     limit = state.config.failed_auth_limit
-    decision = state.failed_auth.check(limit_key, limit)
+    limiter = state.failed_auth
+    refused = ApiError(429, "rate_limited", "too many failed authentication attempts")
+    decision = await run_in_threadpool(limiter.check, limit_key, limit)
     if not decision.allowed:
-        raise ApiError(429, "rate_limited", "too many failed authentication attempts",
-                       decision.headers())
+        refused.headers.update(decision.headers())
+        raise refused
     body = await json_body(request, TokenRequest)
     try:
-        return await run_in_threadpool(_exchange, state, body.api_key, ip)
+        answer = await run_in_threadpool(_exchange, state, body.api_key, ip, request.scope)
     except ApiError as exc:
-        if exc.status in (401, 403):  # only failures count against the IP
-            state.failed_auth.hit(limit_key, limit)
+        if exc.status not in (401, 403):  # only failures count against the address
+            raise
+        # Counting a failure and deciding to reveal it is one atomic step of the shared
+        # store: however many attempts ran at once (in any process on the data dir), at
+        # most `limit` failures per window are answered as such; the others get 429.
+        decision = await run_in_threadpool(limiter.hit, limit_key, limit)
+        if not decision.allowed:
+            refused.headers.update(decision.headers())
+            raise refused from None
         raise
+    # A success is revealed only while the address is under its limit, so guesses sent
+    # at once cannot learn more than `limit` outcomes; successes consume nothing, so
+    # concurrent good exchanges never trip the limit themselves.
+    decision = await run_in_threadpool(limiter.check, limit_key, limit)
+    if not decision.allowed:
+        refused.headers.update(decision.headers())
+        raise refused
+    return answer
 
 
 def _register(state: AppState, principal: Principal, body: RegisterRequest) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from mock_server.blobs import (
 )
 from mock_server.errors import ApiError, payload_too_large
 from mock_server.http_json import openapi_body, parse_model
+from mock_server.openapi import errors
 from mock_server.permissions import Level
 from mock_server.routes.deps import CurrentPrincipal, State
 from mock_server.state import AppState
@@ -149,7 +150,8 @@ async def put_blob(table: Table, blob_id: BlobId, request: Request,
     upload = await run_in_threadpool(
         store.begin_upload, table, blob_id,
         content_type=headers.get("content-type"),
-        attributes=parse_attributes(headers.get("x-blob-attributes")),
+        attributes=parse_attributes(headers.get("x-blob-attributes"),
+                                    max_depth=state.config.max_json_depth),
         md5=parse_md5(headers.get("content-md5")),
         sha256=parse_sha256(headers.get("x-checksum-sha256")),
     )
@@ -194,7 +196,13 @@ def _meta_headers(meta: BlobMeta) -> dict[str, str]:
     }
 
 
-@router.get("/api/blob/{table}/{blob_id}")
+_BYTES = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/api/blob/{table}/{blob_id}", responses={
+    200: {"description": "The blob, with its own content type", "content": _BYTES},
+    206: {"description": "The requested range (Content-Range)", "content": _BYTES},
+    **errors(416)})
 def get_blob(table: Table, blob_id: BlobId, request: Request, principal: CurrentPrincipal,
              state: State) -> Response:
     principal.require(_resource(table), Level.READ)

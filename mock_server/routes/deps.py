@@ -27,6 +27,11 @@ def _principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+
+
+def is_authentication(call: object) -> bool:
+    """Whether a route dependency authenticates the caller (for /openapi.json)."""
+    return call is _principal
 State = Annotated[AppState, Depends(state_of)]
 
 

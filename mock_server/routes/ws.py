@@ -10,7 +10,10 @@ Pushed events are claimed for ``claim_ttl`` in the database, so nothing is deliv
 while unacked; when the socket closes its claims are released at once, so a reconnecting
 consumer gets them back immediately (after a crash, when the claim expires). A bad token
 at the upgrade gets an accept + close 4401 (reason in the close frame); the token is
-re-checked every AUTH_RECHECK s, so revocation or expiry closes the socket with 4401 too. Wake-ups
+re-checked every AUTH_RECHECK s, so revocation or expiry closes the socket with 4401 too.
+The upgrade and every client frame count against the key's rate limit like HTTP requests,
+and a key holds at most ``ws_max_sockets_per_key`` sockets: past either, close 4429 (the
+reason says which, and when to retry). Wake-ups
 come from the ChangeFeed ``committed`` hook, with a POLL_INTERVAL fallback so several server
 processes on one data dir also deliver.
 """
@@ -30,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from mock_server.auth import Principal
 from mock_server.databus import validate_name
 from mock_server.errors import ApiError
+from mock_server.http_json import parse_json_bytes
 from mock_server.routes.ws_ekodb import EkoDBFeeds
 from mock_server.state import AppState
 
@@ -44,6 +48,8 @@ DEFAULT_CLAIM_TTL = 30.0
 CLOSE_AUTH = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_BIG = 1009
+#: The key is over its request rate limit, or holds too many sockets (reason says which).
+CLOSE_RATE_LIMITED = 4429
 
 
 class _Session:
@@ -94,10 +100,16 @@ class _Session:
             if size > MAX_FRAME:
                 await self.close(CLOSE_TOO_BIG, f"frame larger than {MAX_FRAME} bytes")
                 return
+            # every client frame is a request of the key: it counts against its limit
+            refused = count_request(self.state, self.principal)
+            if refused is not None:
+                await self.close(CLOSE_RATE_LIMITED, refused)
+                return
             try:
-                frame = json.loads(text if text is not None else (data or b"").decode())
-            except (ValueError, UnicodeDecodeError):
-                await self.error("bad_request", "frame is not JSON")
+                raw = text.encode("utf-8", "surrogatepass") if text is not None else data or b""
+                frame = parse_json_bytes(raw, max_depth=self.state.config.max_json_depth)
+            except ApiError as exc:
+                await self.error("bad_request", f"frame is not valid JSON: {exc.message}")
                 continue
             if isinstance(frame, dict) and "op" not in frame and isinstance(frame.get("type"),
                                                                             str):
@@ -211,6 +223,21 @@ class _Session:
                                         self.conn_id)
 
 
+def count_request(state: AppState, principal: Principal) -> str | None:
+    """Count one request (the upgrade, or a client frame) against the key's rate limit;
+    the close reason when it is over. Called on the loop: the shared limiter's step is a
+    few microseconds (no I/O)."""
+    rec = principal.record
+    limits = state.key_limits
+    try:
+        limits.enforce(rec.key_id, limits.limit_for(tier=rec.tier, is_admin=rec.is_admin,
+                                                    override=rec.rate_limit))
+    except ApiError as exc:
+        retry = exc.headers.get("Retry-After", "1")
+        return f"{exc.message}; retry after {retry}s"[:120]
+    return None
+
+
 @router.websocket("/api/ws")
 async def websocket_endpoint(ws: WebSocket) -> None:
     state: AppState = ws.app.state.ekodb
@@ -225,6 +252,21 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await ws.accept()
         await ws.close(CLOSE_AUTH if exc.status == 401 else CLOSE_FORBIDDEN, exc.message[:120])
         return
+    refused = count_request(state, principal)  # the upgrade is a request of the key
+    if refused is None and not state.ws_sockets.acquire(principal.key_id):
+        refused = (f"too many open WebSockets for this key (at most "
+                   f"{state.ws_sockets.cap}); close one first")
+    if refused is not None:
+        await ws.accept()
+        await ws.close(CLOSE_RATE_LIMITED, refused)
+        return
+    try:
+        await _serve(ws, state, principal)
+    finally:
+        state.ws_sockets.release(principal.key_id)
+
+
+async def _serve(ws: WebSocket, state: AppState, principal: Principal) -> None:
     await ws.accept()
     session = _Session(ws, state, principal)
     loop = asyncio.get_running_loop()
