@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from ._call import Call
+from ._compat import ASYNC_TIMEOUTS
 from .errors import EkoError, InvalidArgumentError, RateLimitError, ServerError, TransportError
 from .models import AckResult, ConsumeStats, Message, RenewResult
 
@@ -286,7 +287,7 @@ async def run_async(core: ConsumerCore, execute: AsyncExecute,
                     error = None if task.cancelled() else task.exception()
                     core.finished(running.pop(task), error)
             elif stop_event is not None:
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(*ASYNC_TIMEOUTS):
                     await asyncio.wait_for(stop_event.wait(), timeout)
             else:
                 await asyncio.sleep(timeout)

@@ -84,6 +84,8 @@ class ExecutorCore:
                                per_second=r.budget_per_second),
         )
         self._margin = options.token_refresh_margin
+        t = options.timeout
+        self._longest_timeout = max(t.connect, t.read, t.write, t.pool)
         # client-side pacing from X-RateLimit-* (opt-in); None keeps the hot path bare
         self.pacing = options.rate_limit if options.rate_limit.adaptive else None
         self._pace_lock = threading.Lock()
@@ -123,14 +125,23 @@ class ExecutorCore:
 
     def gave_up(self, call: Call[Any], exc: TransportError, retry: RetryState
                 ) -> TransportError:
-        """With several hosts, say that every one was tried, not only the last failure."""
-        count = len(self.hosts.urls)
-        if count < 2 or not call.replayable:
+        """Say how many attempts were made and why retrying stopped (and, with several
+        hosts, that every one was tried), not only the last failure."""
+        if not call.replayable:
             return exc
-        error = type(exc)(f"no host answered {call.method} {call.path}: gave up after "
-                          f"{retry.attempt} attempt(s) over {count} hosts; last error: {exc}")
+        count = len(self.hosts.urls)
+        where = f" over {count} hosts" if count > 1 else ""
+        error = type(exc)(f"no host answered {call.method} {call.path}: "
+                          f"{retry.gave_up().replace(' attempt(s)', f' attempt(s){where}', 1)}"
+                          f"; last error: {exc}")
         error.__cause__ = exc
         return error
+
+    def attempt_timeout(self, retry: RetryState) -> float | None:
+        """A timeout cap for the attempt about to start, so that ``max_elapsed`` bounds the
+        whole call, the attempt in flight included (None: the configured timeouts fit)."""
+        left = retry.remaining(time.monotonic())
+        return max(left, 0.001) if left < self._longest_timeout else None
 
     @staticmethod
     def headers(call: Call[Any], token: str | None, idempotency_key: str | None
@@ -228,6 +239,7 @@ class ExecutorCore:
                             call.method, call.path, status, error.request_id,
                             retry.attempt, delay)
                 return RETRY, delay
+            error.message = f"{error.message}; {retry.gave_up()}"
         return RAISE, error
 
     def failed(self, call: Call[Any], host: str, exc: TransportError, retry: RetryState
@@ -348,7 +360,8 @@ class SyncExecutor(ExecutorCore):
             try:
                 response = self.transport.send(
                     call.method, host + call.path, self.headers(call, token, idem),
-                    call.params, call.content, call.stream)  # type: ignore[arg-type]
+                    call.params, call.content, call.stream,  # type: ignore[arg-type]
+                    timeout=self.attempt_timeout(retry))
                 if response.status_code >= 400:
                     try:
                         body = self.transport.read(response)
@@ -463,7 +476,8 @@ class AsyncExecutor(ExecutorCore):
             try:
                 response = await self.transport.send(
                     call.method, host + call.path, self.headers(call, token, idem),
-                    call.params, call.content, call.stream)
+                    call.params, call.content, call.stream,
+                    timeout=self.attempt_timeout(retry))
                 if response.status_code >= 400:
                     try:
                         body = await self.transport.read(response)

@@ -59,6 +59,16 @@ def _client_kwargs(
     }
 
 
+def _capped(client: httpx.Client | httpx.AsyncClient, cap: float | None) -> dict[str, Any]:
+    """Per-request timeouts no longer than ``cap`` seconds (the call's time left)."""
+    if cap is None:
+        return {}
+    t = client.timeout
+    return {"timeout": httpx.Timeout(
+        connect=min(t.connect or cap, cap), read=min(t.read or cap, cap),
+        write=min(t.write or cap, cap), pool=min(t.pool or cap, cap))}
+
+
 def _failure(exc: httpx.HTTPError, method: str, url: str) -> TransportError:
     kind = type(exc).__name__
     if isinstance(exc, httpx.DecodingError):
@@ -83,10 +93,12 @@ class SyncTransport:
         params: Mapping[str, Any] | None,
         content: bytes | Iterable[bytes] | None,
         stream: bool = False,
+        timeout: float | None = None,
     ) -> Response:
         try:
             request = self._client.build_request(
-                method, url, headers=headers, params=params, content=content
+                method, url, headers=headers, params=params, content=content,
+                **_capped(self._client, timeout),
             )
             return self._client.send(request, stream=stream)
         except httpx.HTTPError as exc:
@@ -124,10 +136,12 @@ class AsyncTransport:
         params: Mapping[str, Any] | None,
         content: bytes | AsyncIterable[bytes] | Iterable[bytes] | None,
         stream: bool = False,
+        timeout: float | None = None,
     ) -> Response:
         try:
             request = self._client.build_request(
-                method, url, headers=headers, params=params, content=content
+                method, url, headers=headers, params=params, content=content,
+                **_capped(self._client, timeout),
             )
             return await self._client.send(request, stream=stream)
         except httpx.HTTPError as exc:

@@ -38,6 +38,7 @@ from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 from websockets.version import version as ws_version
 
+from ._compat import ASYNC_TIMEOUTS
 from ._config import ClientOptions, _is_loopback
 from ._executor import AsyncExecutor, SyncExecutor
 from ._service import Service
@@ -615,7 +616,8 @@ class AsyncEventStream:
                 ws = await async_connect(url, **_connect_kwargs(ex.options, url, self._token))
             except InvalidStatus as exc:
                 decision = core.refused(exc.response.status_code, time.monotonic())
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
+            except (OSError, TimeoutError, asyncio.TimeoutError, InvalidHandshake,
+                    ConnectionClosed):  # two timeout types on Python 3.10
                 ex.hosts.failed(host)
                 decision = core.failed(time.monotonic())
             else:
@@ -651,7 +653,7 @@ class AsyncEventStream:
             try:
                 text = await asyncio.wait_for(self._ws.recv(),
                                               self._core.wait_time(time.monotonic()))
-            except TimeoutError:
+            except ASYNC_TIMEOUTS:
                 frames, dead = self._core.timer(time.monotonic())
                 await self._send(frames)
                 if dead:
@@ -684,7 +686,7 @@ class AsyncEventStream:
             while ws is not None and self._core.unconfirmed and time.monotonic() < deadline:
                 text = await asyncio.wait_for(ws.recv(), max(0.0, deadline - time.monotonic()))
                 self._core.receive(text, time.monotonic())
-        except (TimeoutError, ConnectionClosed, OSError, EkoError):
+        except (TimeoutError, asyncio.TimeoutError, ConnectionClosed, OSError, EkoError):
             pass
         self._ws = None
         if ws is not None:

@@ -6,8 +6,9 @@ import asyncio
 import ipaddress
 import secrets
 import socket
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -75,6 +76,27 @@ def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
             self.transport.close()
 
     return CountingH11Protocol
+
+
+def _run_on_new_loop(loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+                     main: Coroutine[Any, Any, None]) -> None:
+    """What ``asyncio.Runner(loop_factory).run(main)`` does, for Python 3.10."""
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def is_loopback(host: str) -> bool:
@@ -181,8 +203,11 @@ class ReferenceServer:
             await server.serve(sockets=[sock])
 
         def run() -> None:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                runner.run(serve())
+            if sys.version_info >= (3, 11):
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    runner.run(serve())
+            else:  # Python 3.10 has no asyncio.Runner: the same steps by hand
+                _run_on_new_loop(loop_factory, serve())
 
         self._thread = threading.Thread(target=run, name="ekodb-reference-server", daemon=True)
         self._thread.start()

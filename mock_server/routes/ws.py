@@ -154,7 +154,7 @@ class _Session:
     async def push(self) -> None:
         last_auth = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
                 await asyncio.wait_for(self.wake.wait(), POLL_INTERVAL)
             self.wake.clear()
             now = time.monotonic()
