@@ -5,10 +5,14 @@ Models ignore fields they do not know, so a newer server does not break an older
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
 
 __all__ = [
     "AckResult",
@@ -21,6 +25,7 @@ __all__ = [
     "Event",
     "Message",
     "NewApiKey",
+    "Page",
     "PollResult",
     "RenewResult",
     "Subscription",
@@ -161,3 +166,24 @@ class ConsumeStats(_Model):
     failed: int = 0
     lost: int = 0
     polls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of ``find_page``: ``items``, whether more match (``has_more``), and the
+    cursor that fetches them (``next_cursor``, None when there are no more).
+
+    The cursor is a keyset position (the last item's sort values and place), so the next page
+    starts right after it even when records are inserted or deleted in between. Pass it back
+    with the same collection, filter and sort.
+    """
+
+    items: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -56,15 +56,17 @@ from mock_server.permissions import (
 )
 from mock_server.query import (
     QueryError,
+    decode_cursor,
+    encode_cursor,
+    keyset_page,
     parse_filter,
     parse_page,
     parse_sort,
-    run_query,
     validate_field_path,
 )
 from mock_server.storage import Storage, register_schema
 
-__all__ = ["MAX_BATCH", "Caller", "DataStore", "merge_changes"]
+__all__ = ["MAX_BATCH", "Caller", "DataStore", "FindPage", "merge_changes"]
 
 log = logging.getLogger("mock_server.datastore")
 
@@ -76,7 +78,17 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 _SERVICE: Final = "datastore"
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
-_FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "select_fields", "exclude_fields")
+_FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "cursor", "select_fields",
+                     "exclude_fields")
+
+
+@dataclass(frozen=True)
+class FindPage:
+    """A find answer: the records, whether more match, and the cursor to get them."""
+
+    records: list[dict[str, Any]]
+    has_more: bool
+    next_cursor: str | None
 
 register_schema(
     """
@@ -316,6 +328,15 @@ class DataStore:
         for ridx, rid, data in rows:
             yield self._open(collection, self._open_id(collection, ridx, rid), data)
 
+    def _scan_seq(self, conn: sqlite3.Connection, collection: str,
+                  cidx: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every record with its insertion sequence (the keyset pages' tie-breaker)."""
+        rows = conn.execute(
+            "SELECT seq, ridx, rid, data FROM ds_records WHERE cidx = ? ORDER BY seq", (cidx,)
+        ).fetchall()
+        for seq, ridx, rid, data in rows:
+            yield seq, self._open(collection, self._open_id(collection, ridx, rid), data)
+
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
                  caller: Caller, operation: str) -> dict[str, Any]:
         record_id = secrets.token_urlsafe(ID_BYTES)
@@ -503,7 +524,11 @@ class DataStore:
     # ---------------------------------------------------------------- queries
 
     def find(self, caller: Caller, collection: object, body: object) -> list[dict[str, Any]]:
-        """``{filter, sort, limit, skip, select_fields, exclude_fields}`` → projected page."""
+        """``{filter, sort, limit, skip, cursor, select_fields, exclude_fields}`` → page."""
+        return self.find_page(caller, collection, body).records
+
+    def find_page(self, caller: Caller, collection: object, body: object) -> FindPage:
+        """One page and where the next starts (keyset: sort keys, then insertion order)."""
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         if not isinstance(body, dict):
@@ -517,16 +542,23 @@ class DataStore:
             sort = parse_sort(body.get("sort"))
             limit, skip = parse_page(body.get("limit"), body.get("skip"),
                                      default_limit=DEFAULT_LIMIT, max_limit=MAX_LIMIT)
+            cursor = decode_cursor(body.get("cursor"), sort)
         except QueryError as exc:
             raise _invalid(str(exc)) from None
+        if cursor is not None and skip:
+            raise _invalid("cursor and skip cannot be combined: a cursor already says where "
+                           "the page starts")
         select = _field_list(body.get("select_fields"), "select_fields")
         exclude = _field_list(body.get("exclude_fields"), "exclude_fields")
         paths = set(flt.fields() if flt is not None else ()) | {k.field for k in sort}
         self._require_readable(caller, name, paths)
         conn = self._storage.conn
-        records = run_query(self._scan(conn, name, self._exists(conn, name)), flt, sort,
-                            limit, skip)
-        return [_narrow(name, caller.scope.project(name, r), select, exclude) for r in records]
+        rows, has_more = keyset_page(self._scan_seq(conn, name, self._exists(conn, name)),
+                                     flt, sort, limit, skip, cursor)
+        records = [_narrow(name, caller.scope.project(name, r), select, exclude)
+                   for _, r in rows]
+        next_cursor = encode_cursor(rows[-1][1], rows[-1][0], sort) if has_more else None
+        return FindPage(records, has_more, next_cursor)
 
     @staticmethod
     def _require_readable(caller: Caller, collection: str, paths: set[str]) -> None:

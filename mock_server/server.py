@@ -78,6 +78,10 @@ def counting_protocol(metrics: Metrics) -> type[H11Protocol]:
     return CountingH11Protocol
 
 
+#: TLS 1.2 suites offered (TLS 1.3 suites are not set by cipher strings): forward secret AEAD.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def _run_on_new_loop(loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
                      main: Coroutine[Any, Any, None]) -> None:
     """What ``asyncio.Runner(loop_factory).run(main)`` does, for Python 3.10."""
@@ -174,6 +178,9 @@ class ReferenceServer:
                 files = ensure_local_ca(cfg.data_dir)
                 ssl = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
                 self.ca_bundle = files.ca
+            # older uvicorn (0.36) defaults to the cipher string "TLSv1", which leaves TLS 1.2
+            # clients (the blocking stream pins 1.2) no suite to agree on; say it outright
+            ssl["ssl_ciphers"] = TLS12_CIPHERS
         self._sock = self._bind()
         self.port = int(self._sock.getsockname()[1])
         uv_config = uvicorn.Config(

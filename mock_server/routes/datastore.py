@@ -7,8 +7,9 @@
 | DELETE | ``/api/collections/{c}`` | admin | → ``{"dropped": c}`` |
 | POST | ``/api/insert/{c}`` | write | record → stored record (projected, with ``id``) |
 | GET | ``/api/find/{c}/{id}?select_fields&exclude_fields`` | read | → record (projected) |
-| POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, select_fields,
-exclude_fields}`` → ``[records]`` |
+| POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, cursor, select_fields,
+exclude_fields}`` → ``[records]``; headers ``X-Has-More: true|false`` and, when true,
+``X-Next-Cursor`` (send it back as ``cursor`` for the next page) |
 | PUT | ``/api/update/{c}/{id}`` | write | changes (deep merge) → whole record (projected) |
 | DELETE | ``/api/delete/{c}/{id}`` | write | → ``{"deleted": id}`` |
 | POST | ``/api/batch/insert/{c}`` | write | ``{"inserts": [{"data"}]}`` → ``{"successful",
@@ -18,6 +19,8 @@ exclude_fields}`` → ``[records]`` |
 ``{"filter"}`` → same |
 
 Routes with a body are ``async`` only to read it; the domain call runs in the threadpool.
+Find keeps answering a plain array (ekoDB's shape); paging facts ride in headers, so clients
+that ignore them see no change.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -48,6 +51,7 @@ class _FindDoc(BaseModel):
     sort: list[dict[str, Any]] | None = None
     limit: int | None = Field(default=None, ge=1, le=1000)
     skip: int | None = Field(default=None, ge=0)
+    cursor: str | None = Field(default=None, max_length=4096)
     select_fields: list[str] | None = None
     exclude_fields: list[str] | None = None
 
@@ -126,10 +130,14 @@ def get(collection: str, record_id: str, principal: CurrentPrincipal, state: Sta
 
 
 @router.post("/api/find/{collection}", openapi_extra=openapi_body(_FindDoc))
-async def find(collection: str, request: Request, principal: CurrentPrincipal,
-               state: State) -> list[dict[str, Any]]:
+async def find(collection: str, request: Request, response: Response,
+               principal: CurrentPrincipal, state: State) -> list[dict[str, Any]]:
     body = await _body(request)
-    return await _run(state.datastore.find, principal, collection, body)
+    page = await _run(state.datastore.find_page, principal, collection, body)
+    response.headers["X-Has-More"] = "true" if page.has_more else "false"
+    if page.next_cursor is not None:
+        response.headers["X-Next-Cursor"] = page.next_cursor
+    return page.records
 
 
 @router.put("/api/update/{collection}/{record_id}", openapi_extra=_RECORD_DOC)
