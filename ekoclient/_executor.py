@@ -141,7 +141,9 @@ class ExecutorCore:
         """A timeout cap for the attempt about to start, so that ``max_elapsed`` bounds the
         whole call, the attempt in flight included (None: the configured timeouts fit)."""
         left = retry.remaining(time.monotonic())
-        return max(left, 0.001) if left < self._longest_timeout else None
+        # a first attempt within half a second of the bound is left alone: no per-request
+        # Timeout object on the hot path for a bound the configured timeouts already keep
+        return max(left, 0.001) if left < self._longest_timeout - 0.5 else None
 
     @staticmethod
     def headers(call: Call[Any], token: str | None, idempotency_key: str | None

@@ -17,6 +17,7 @@ from mock_server.datastore import DataStore
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import IdempotencyStore
 from mock_server.keys import IPAddress, IPNetwork, KeyStore
+from mock_server.longpoll import Wakeups
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
 from mock_server.ratelimit import RATELIMIT_DB, KeyRateLimits, RateLimiter, SqliteTatStore
@@ -51,6 +52,8 @@ class AppState:
     datastore: DataStore = field(init=False)
     #: Queue and DedupQueue messages (mock_server.queues).
     queues: Queues = field(init=False)
+    #: Wake-ups for held (long) queue polls, by "kind:queue" (mock_server.longpoll).
+    queue_wakeups: Wakeups = field(default_factory=Wakeups)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
 
