@@ -237,9 +237,11 @@ class ExecutorCore:
             if delay is not None:
                 if failover:
                     delay = 0.0  # another host is healthy: go there now
-                logger.info("%s %s answered %s (request id %s); retry %d in %.2fs",
-                            call.method, call.path, status, error.request_id,
-                            retry.attempt, delay)
+                # a 429 wait is the caller's own doing (its key's limit): say it louder
+                logger.log(logging.WARNING if status == 429 else logging.INFO,
+                           "%s %s answered %s (request id %s); retry %d in %.2fs",
+                           call.method, call.path, status, error.request_id,
+                           retry.attempt, delay)
                 return RETRY, delay
             error.message = f"{error.message}; {retry.gave_up()}"
         return RAISE, error

@@ -30,6 +30,16 @@ class Wakeups:
         self._lock = threading.Lock()
         self._waiters: dict[str, dict[int, Waiter]] = {}
         self._next = 0
+        #: Set at server shutdown: held polls answer now instead of delaying the stop.
+        self.closed = False
+
+    def close(self) -> None:
+        """Answer every held poll now (graceful shutdown waits for open requests)."""
+        self.closed = True
+        with self._lock:
+            names = list(self._waiters)
+        for name in names:
+            self.wake(name)
 
     def add(self, name: str, waiter: Waiter) -> Callable[[], None]:
         """Call ``waiter`` on each wake of ``name``; returns the remover."""
@@ -57,8 +67,11 @@ class Wakeups:
 
 
 async def long_poll(fetch: Callable[[], Awaitable[T]], empty: Callable[[T], bool],
-                    subscribe: Callable[[Waiter], Callable[[], None]], wait: float) -> T:
-    """``fetch()`` until it is not ``empty`` or ``wait`` seconds have passed."""
+                    subscribe: Callable[[Waiter], Callable[[], None]], wait: float,
+                    wakeups: Wakeups) -> T:
+    """``fetch()`` until it is not ``empty``, ``wait`` seconds have passed or the server
+    stops. ``subscribe`` registers for the wake-ups of what is polled; ``wakeups`` is the
+    server's, for its shutdown."""
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
 
@@ -66,15 +79,17 @@ async def long_poll(fetch: Callable[[], Awaitable[T]], empty: Callable[[T], bool
         loop.call_soon_threadsafe(event.set)
 
     remove = subscribe(waiter)
+    remove_shutdown = wakeups.add("", waiter)
     try:
         deadline = loop.time() + min(wait, MAX_WAIT)
         while True:
             event.clear()  # before fetching: a wake during the fetch is not lost
             result = await fetch()
             left = deadline - loop.time()
-            if not empty(result) or left <= 0:
+            if not empty(result) or left <= 0 or wakeups.closed:
                 return result
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), min(left, RECHECK))
     finally:
         remove()
+        remove_shutdown()

@@ -231,6 +231,8 @@ class ReferenceServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful shutdown: stop accepting, finish in-flight requests, close storage."""
+        if self.state is not None:
+            self.state.poll_wakeups.close()  # held polls answer now, not after their wait
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

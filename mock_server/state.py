@@ -52,8 +52,8 @@ class AppState:
     datastore: DataStore = field(init=False)
     #: Queue and DedupQueue messages (mock_server.queues).
     queues: Queues = field(init=False)
-    #: Wake-ups for held (long) queue polls, by "kind:queue" (mock_server.longpoll).
-    queue_wakeups: Wakeups = field(default_factory=Wakeups)
+    #: Wake-ups for held (long) polls: queues by "kind:queue", and shutdown for all.
+    poll_wakeups: Wakeups = field(default_factory=Wakeups)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
 

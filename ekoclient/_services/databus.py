@@ -74,8 +74,10 @@ def _poll(name: str, *, claim_ttl: float = 30, limit: int = 10,
     params: dict[str, str | int | float | bool] = {"claim_ttl": claim_ttl, "limit": limit}
     if wait:
         params["wait"] = wait
+    # a held poll carries no Idempotency-Key (read_only): see mock_server.middleware
     return json_call("POST", _path(name, "/poll"),
-                     lambda r: PollResult.model_validate_json(r.content), params=params)
+                     lambda r: PollResult.model_validate_json(r.content), params=params,
+                     read_only=bool(wait))
 
 
 def _ack(name: str, event_keys: Iterable[str]) -> Call[list[str]]:

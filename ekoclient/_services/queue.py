@@ -82,7 +82,9 @@ def _poll(prefix: str, queue: str, *, claim_ttl: float = 30, limit: int = 10,
     params: dict[str, str | int | float | bool] = {"claim_ttl": claim_ttl, "limit": limit}
     if wait:
         params["wait"] = wait
-    return json_call("POST", _path(prefix, queue, "/poll"), _messages, params=params)
+    # a held poll carries no Idempotency-Key (read_only): see mock_server.middleware
+    return json_call("POST", _path(prefix, queue, "/poll"), _messages, params=params,
+                     read_only=bool(wait))
 
 
 def _ack(prefix: str, queue: str, ids: Iterable[str | Message]) -> Call[AckResult]:

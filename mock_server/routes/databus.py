@@ -76,7 +76,8 @@ async def poll(name: Name, principal: CurrentPrincipal, state: State,
                                  claim_ttl=claim_ttl, limit=limit)
 
     got: tuple[list[dict[str, Any]], bool] = (
-        await long_poll(fetch, lambda r: not r[0], state.bus.add_waiter, wait) if wait
+        await long_poll(fetch, lambda r: not r[0], state.bus.add_waiter, wait,
+                        state.poll_wakeups) if wait
         else await fetch())
     events, more = got
     return {"events": events, "has_more": more}

@@ -77,7 +77,7 @@ def build_router(kind: Kind) -> APIRouter:
              ) -> dict[str, Any]:
         moved = _queues(state).move(principal.scope, kind, source, dest)
         _audit(state, principal, f"{kind}.moved", f"{kind}:{source}", to=dest, moved=moved)
-        state.queue_wakeups.wake(f"{kind}:{dest}")
+        state.poll_wakeups.wake(f"{kind}:{dest}")
         return {"moved": moved}
 
     @router.post("/{name}/send", openapi_extra=body_doc)
@@ -86,7 +86,7 @@ def build_router(kind: Kind) -> APIRouter:
         message = await _raw_json(request)
         msg_id = await run_in_threadpool(_queues(state).send, principal.scope, kind, name,
                                          message)
-        state.queue_wakeups.wake(f"{kind}:{name}")
+        state.poll_wakeups.wake(f"{kind}:{name}")
         return {"id": msg_id}
 
     @router.post("/{name}/sendbatch", openapi_extra=body_doc)
@@ -95,7 +95,7 @@ def build_router(kind: Kind) -> APIRouter:
         messages = await _raw_json(request)
         ids = await run_in_threadpool(_queues(state).send_batch, principal.scope, kind, name,
                                       messages)
-        state.queue_wakeups.wake(f"{kind}:{name}")
+        state.poll_wakeups.wake(f"{kind}:{name}")
         return {"ids": ids}
 
     @router.post("/{name}/poll", response_model=None)
@@ -111,7 +111,8 @@ def build_router(kind: Kind) -> APIRouter:
             return messages
         return await long_poll(
             fetch, lambda got: not got,
-            lambda waiter: state.queue_wakeups.add(f"{kind}:{name}", waiter), wait)
+            lambda waiter: state.poll_wakeups.add(f"{kind}:{name}", waiter), wait,
+            state.poll_wakeups)
 
     @router.post("/{name}/renew", openapi_extra=openapi_body(RenewRequest))
     async def renew(name: Name, request: Request, principal: CurrentPrincipal,
@@ -124,7 +125,7 @@ def build_router(kind: Kind) -> APIRouter:
 
         renewed, stale = await run_in_threadpool(run)
         if body.claim_ttl == 0:  # given back: a held poll may take them now
-            state.queue_wakeups.wake(f"{kind}:{name}")
+            state.poll_wakeups.wake(f"{kind}:{name}")
         return {"renewed": renewed, "stale": stale}
 
     @router.post("/{name}/ack", openapi_extra=openapi_body(IdsRequest))
@@ -152,7 +153,7 @@ def build_router(kind: Kind) -> APIRouter:
     def unclaim_all(name: Name, principal: CurrentPrincipal, state: State) -> dict[str, int]:
         count = _queues(state).unclaim_all(principal.scope, kind, name)
         _audit(state, principal, f"{kind}.unclaimed_all", f"{kind}:{name}", unclaimed=count)
-        state.queue_wakeups.wake(f"{kind}:{name}")
+        state.poll_wakeups.wake(f"{kind}:{name}")
         return {"unclaimed": count}
 
     @router.delete("/{name}", response_model=None)
