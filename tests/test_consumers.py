@@ -119,3 +119,37 @@ async def test_async_databus_consume_stops_on_its_event(async_admin: AsyncClient
     stats = await asyncio.wait_for(
         async_admin.databus.consume(sub, handler, stop_event=stop, wait=5), 10)
     assert seen == [7] and stats.acked == 1
+
+
+def test_a_nacked_stream_event_is_offered_again_in_the_same_stream(admin: Client) -> None:
+    coll, sub = _name("nk"), _name("nks")
+    admin.datastore.create_collection(coll)
+    admin.databus.subscribe(sub, collections=[coll])
+    admin.datastore.insert(coll, {"n": 1})
+    started = time.monotonic()
+    with admin.databus.stream(sub, claim_ttl=60) as stream:
+        first = next(stream)
+        first.nack()  # not processed: give it back (its claim would last 60 s)
+        again = next(stream)
+        assert again.key == first.key
+        again.ack()
+    assert time.monotonic() - started < 10  # offered again at once, not after the claim
+    assert admin.databus.size(sub) == 0
+
+
+async def test_async_nack_then_auto_ack_of_the_redelivery(async_admin: AsyncClient,
+                                                          admin: Client) -> None:
+    coll, sub = _name("ank"), _name("anks")
+    admin.datastore.create_collection(coll)
+    admin.databus.subscribe(sub, collections=[coll])
+    admin.datastore.insert(coll, {"n": 2})
+    keys = []
+    async with async_admin.databus.stream(sub, claim_ttl=60, auto_ack=True) as stream:
+        async for event in stream:
+            keys.append(event.key)
+            if len(keys) == 1:
+                await event.nack()  # auto_ack must not ack it when the loop moves on
+            else:
+                break
+    assert keys[0] == keys[1]
+    assert admin.databus.size(sub) == 0  # the redelivery was auto-acked at the close
