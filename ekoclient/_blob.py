@@ -99,9 +99,37 @@ def _hash_file(f: BinaryIO) -> tuple[_Hasher, int]:
     return hasher, start
 
 
-def _report(progress: Progress | None, done: int, total: int | None) -> None:
-    if progress is not None:
-        progress(done, total)
+PROGRESS_STEP = 1024 * 1024
+
+
+class ProgressGate:
+    """Calls ``progress(done, total)`` at a sane rate: at the start, then each time the
+    transfer has moved on by 1 MiB or 1 % of ``total`` (whichever is larger: about a hundred
+    calls for a big blob, one per MiB for a small one), and at the end. Every call of the
+    gate with ``done == total`` reports, so the last call always says "finished"."""
+
+    __slots__ = ("_last", "_next", "_progress", "_step", "_total")
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self._progress = progress
+        self._total = total
+        self._step = max(PROGRESS_STEP, total // 100) if total else PROGRESS_STEP
+        self._next = 0
+        self._last = -1
+
+    def __call__(self, done: int) -> None:
+        if self._progress is None or done == self._last:
+            return
+        if done >= self._next or done == self._total:
+            self._progress(done, self._total)
+            self._last = done
+            self._next = done + self._step
+
+    def finish(self, done: int) -> None:
+        """The transfer ended at ``done`` bytes (report it unless just reported)."""
+        if self._progress is not None and done != self._last:
+            self._progress(done, self._total)
+            self._last = done
 
 
 class _FileBody:
@@ -113,14 +141,15 @@ class _FileBody:
     def __iter__(self) -> Iterator[bytes]:
         self._f.seek(self._start)
         done = 0
-        _report(self._progress, 0, self._length)
+        gate = ProgressGate(self._progress, self._length)
+        gate(0)
         while done < self._length:
             chunk = self._f.read(min(READ_SIZE, self._length - done))
             if not chunk:
                 break
             done += len(chunk)
             yield chunk
-            _report(self._progress, done, self._length)
+            gate(done)
 
 
 class _AsyncFileBody:
@@ -132,34 +161,39 @@ class _AsyncFileBody:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         await asyncio.to_thread(self._f.seek, self._start)
         done = 0
-        _report(self._progress, 0, self._length)
+        gate = ProgressGate(self._progress, self._length)
+        gate(0)
         while done < self._length:
             chunk = await asyncio.to_thread(self._f.read, min(READ_SIZE, self._length - done))
             if not chunk:
                 break
             done += len(chunk)
             yield chunk
-            _report(self._progress, done, self._length)
+            gate(done)
 
 
 def _hashing(chunks: Iterable[bytes], hasher: _Hasher, progress: Progress | None
              ) -> Iterator[bytes]:
+    gate = ProgressGate(progress, None)  # size unknown: every MiB, and at the end
     for chunk in chunks:
         if not isinstance(chunk, (bytes, bytearray, memoryview)):
             raise InvalidArgumentError(f"blob data must yield bytes, got {type(chunk).__name__}")
         chunk = bytes(chunk)
         hasher.update(chunk)
         yield chunk
-        _report(progress, hasher.length, None)
+        gate(hasher.length)
+    gate.finish(hasher.length)
 
 
 async def _ahashing(chunks: Iterable[bytes] | AsyncIterable[bytes], hasher: _Hasher,
                     progress: Progress | None) -> AsyncIterator[bytes]:
     if isinstance(chunks, AsyncIterable):
+        gate = ProgressGate(progress, None)
         async for chunk in chunks:
             hasher.update(chunk)
             yield chunk
-            _report(progress, hasher.length, None)
+            gate(hasher.length)
+        gate.finish(hasher.length)
     else:
         for chunk in _hashing(chunks, hasher, progress):
             yield chunk

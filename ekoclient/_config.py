@@ -25,14 +25,15 @@ class RetryOptions(BaseModel):
 
     model_config: ClassVar[ConfigDict] = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(5, ge=1, le=50)
-    initial: float = Field(0.05, gt=0, le=60)
-    maximum: float = Field(1.0, gt=0, le=300)
+    # defaults ride out a restart of a few seconds (README "Retries"; ekoclient._retry)
+    max_attempts: int = Field(8, ge=1, le=50)
+    initial: float = Field(0.1, gt=0, le=60)
+    maximum: float = Field(2.0, gt=0, le=300)
     max_elapsed: float = Field(30.0, gt=0)
     retry_after_cap: float = Field(60.0, ge=0)
-    budget_capacity: float = Field(20.0, ge=0)
+    budget_capacity: float = Field(100.0, ge=0)
     budget_ratio: float = Field(0.2, ge=0)
-    budget_per_second: float = Field(5.0, ge=0)
+    budget_per_second: float = Field(10.0, ge=0)
 
 
 class PoolOptions(BaseModel):

@@ -5,12 +5,18 @@ renew (every ``claim_ttl / 3`` while a handler runs), what to ack, how to count 
 without doing any I/O or waiting. :func:`run_sync` (handlers in a thread pool) and
 :func:`run_async` (handlers as tasks) only make the calls, start handlers and wait, so the two
 cannot drift apart. The driver is the only caller of the service: handlers never see a call.
+
+Idle: once the queue is drained the next poll is a *long* poll (``wait`` seconds, held by the
+server until a message arrives), so an idle worker costs one request per ``wait`` seconds, not
+one per ``poll_interval``. A server that answers at once anyway (no long polls) and failing
+polls are backed off, doubling up to :data:`MAX_IDLE`. The poll runs beside the handlers
+(its own thread or task), so ``stop_event`` is honoured at once; a poll still held at that
+moment is abandoned, and whatever it claims comes back when its claim expires.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -26,8 +32,13 @@ from .models import AckResult, ConsumeStats, Message, RenewResult
 
 logger = logging.getLogger("ekoclient.queue")
 
-PollBuilder = Callable[[int], Call[list[Message]]]
+PollBuilder = Callable[[int, float], Call[list[Any]]]
 IdsBuilder = Callable[[list[str]], Call[Any]]
+
+#: The longest an idle or failing worker waits between polls (seconds).
+MAX_IDLE = 30.0
+#: The longest a poll may be held by the server (its own limit).
+MAX_WAIT = 20.0
 
 
 def _transient(exc: BaseException) -> bool:
@@ -40,10 +51,16 @@ class ConsumerCore:
 
     def __init__(self, *, poll: PollBuilder, ack: IdsBuilder, renew: IdsBuilder,
                  queue: str, claim_ttl: float, limit: int, concurrency: int,
-                 poll_interval: float, max_messages: int | None) -> None:
+                 poll_interval: float, max_messages: int | None, wait: float = 5.0,
+                 ident: Callable[[Any], str] = lambda m: str(m.id),
+                 what: str = "queue") -> None:
         for name, value in (("claim_ttl", claim_ttl), ("poll_interval", poll_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
+        if (isinstance(wait, bool) or not isinstance(wait, (int, float))
+                or not 0 <= wait <= MAX_WAIT):
+            raise InvalidArgumentError(f"wait must be between 0 and {MAX_WAIT:g} seconds, "
+                                       f"got {wait!r}")
         for name, count in (("limit", limit), ("concurrency", concurrency),
                             ("max_messages", 1 if max_messages is None else max_messages)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -56,6 +73,13 @@ class ConsumerCore:
         self.poll_interval = float(poll_interval)
         self.renew_every = self.claim_ttl / 3
         self._budget = max_messages
+        self.wait = float(wait)
+        self._ident = ident
+        self._what = what
+        self._idle = False  # the last poll found the queue drained: long-poll next
+        self._backoff = self.poll_interval  # the next idle/error wait, doubling to MAX_IDLE
+        self._polling: float | None = None  # when the poll in flight was sent
+        self._long = False  # whether the poll in flight is a long poll
         self._jobs: dict[str, float] = {}  # claim id → when to renew it next
         self._lost: set[str] = set()
         self._to_ack: list[str] = []
@@ -71,6 +95,14 @@ class ConsumerCore:
         self._stopping = True
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def ident(self, message: Any) -> str:
+        """The claim id of a polled item (``Message.id``, ``Event.key``)."""
+        return self._ident(message)
+
+    @property
     def done(self) -> bool:
         return self._stopping and not self._jobs and not self._to_ack
 
@@ -79,17 +111,22 @@ class ConsumerCore:
         return ConsumeStats(acked=self._acked, failed=self._failed, lost=self._lost_count,
                             polls=self._polls)
 
+    @property
+    def polling(self) -> bool:
+        """Whether a poll is in flight (the drivers run it beside the handlers)."""
+        return self._polling is not None
+
     def wait_time(self, now: float) -> float:
         """How long the driver may wait for a handler before something else is due."""
         due = [*self._jobs.values(), now + self.poll_interval]
-        if not self._stopping and len(self._jobs) < self.concurrency:
+        if not self._stopping and not self.polling and len(self._jobs) < self.concurrency:
             due.append(self._next_poll)
         return max(0.0, min(due) - now)
 
     # -------------------------------------------------------------- polling
 
-    def poll_call(self, now: float) -> Call[list[Message]] | None:
-        if self._stopping or now < self._next_poll:
+    def poll_call(self, now: float) -> Call[list[Any]] | None:
+        if self._stopping or self.polling or now < self._next_poll:
             return None
         wanted = min(self.limit, self.concurrency - len(self._jobs))
         if self._budget is not None:
@@ -100,25 +137,53 @@ class ConsumerCore:
         if wanted <= 0:
             return None
         self._asked = wanted
-        return self._poll(wanted)
+        self._long = self._idle and self.wait > 0
+        self._polling = now
+        return self._poll(wanted, self.wait if self._long else 0.0)
 
-    def polled(self, messages: list[Message], now: float) -> list[Message]:
+    def _idle_wait(self, now: float) -> None:
+        self._next_poll = now + self._backoff
+        self._backoff = min(self._backoff * 2, max(MAX_IDLE, self.poll_interval))
+
+    def polled(self, messages: list[Any], now: float) -> list[Any]:
         """Register claimed messages; returns those to hand to the handler."""
+        sent, self._polling = self._polling, None
         self._polls += 1
-        # a short answer means the queue is drained for now: wait before asking again
-        self._next_poll = now + self.poll_interval if len(messages) < self._asked else now
+        if len(messages) >= self._asked:  # more may be waiting: ask again at once
+            self._idle, self._next_poll = False, now
+            self._backoff = self.poll_interval
+        elif not self._idle or self.wait <= 0:
+            self._idle = True  # drained: the next poll waits (long poll, or poll_interval)
+            if self.wait > 0:
+                self._next_poll = now
+            else:
+                self._idle_wait(now)
+        elif messages or (sent is not None and now - sent >= self.wait / 2):
+            self._next_poll = now  # the server held the poll: hold the next one at once
+            self._backoff = self.poll_interval
+        else:  # an empty long poll answered at once: this server does not hold polls
+            self._idle_wait(now)
         for message in messages:
-            self._jobs[message.id] = now + self.renew_every
+            self._jobs[self._ident(message)] = now + self.renew_every
         if self._budget is not None:
             self._budget -= len(messages)
         return messages
 
     def poll_failed(self, exc: EkoError, now: float) -> None:
+        self._polling = None
         if not _transient(exc):
             raise exc
-        logger.warning("polling queue %r failed (%s); trying again in %gs", self.queue,
-                       type(exc).__name__, self.poll_interval)
-        self._next_poll = now + self.poll_interval
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and retry_after > self._backoff:
+            self._next_poll = now + float(retry_after)
+        else:
+            self._idle_wait(now)
+        logger.warning("polling %s %r failed (%s); trying again in %.1fs", self._what,
+                       self.queue, exc, self._next_poll - now)
+
+    def poll_abandoned(self) -> None:
+        """The driver stopped while a poll was held; what it claims comes back later."""
+        self._polling = None
 
     # -------------------------------------------------------------- renewing
 
@@ -188,53 +253,68 @@ SyncExecute = Callable[[Call[Any]], Any]
 AsyncExecute = Callable[[Call[Any]], Awaitable[Any]]
 
 
-def _sync_io(core: ConsumerCore, execute: SyncExecute, now: Callable[[], float]
-             ) -> list[Message]:
-    """Poll and renew as due; returns messages to start."""
-    started: list[Message] = []
-    call = core.poll_call(now())
-    if call is not None:
-        try:
-            started = core.polled(execute(call), now())
-        except EkoError as exc:
-            core.poll_failed(exc, now())
-    renew = core.renew_call(now())
+def _renew_due(core: ConsumerCore, execute: SyncExecute, now: float) -> None:
+    renew = core.renew_call(now)
     if renew is not None:
         try:
             core.renewed(execute(renew))
         except EkoError as exc:
             core.renew_failed(exc)
-    return started
 
 
-def run_sync(core: ConsumerCore, execute: SyncExecute, handler: Callable[[Message], object],
+def run_sync(core: ConsumerCore, execute: SyncExecute, handler: Callable[[Any], object],
              stop_event: threading.Event | None) -> ConsumeStats:
-    """Handlers run in a pool of ``concurrency`` threads; this thread does every call."""
+    """Handlers run in a pool of ``concurrency`` threads, the poll in one more thread (so a
+    held poll never delays a stop); this thread makes every other call."""
     clock = time.monotonic
     running: dict[Future[object], str] = {}
-    with ThreadPoolExecutor(core.concurrency, thread_name_prefix="ekoclient-consume") as pool:
-        while True:
-            if stop_event is not None and stop_event.is_set():
-                core.stop()
-            for message in _sync_io(core, execute, clock):
-                running[pool.submit(handler, message)] = message.id
-            pending = core.ack_call()
-            if pending is not None:
-                try:
-                    core.acked(execute(pending[1]))
-                except EkoError as exc:
-                    core.ack_failed(pending[0], exc)
-            if core.done:
-                return core.stats
-            timeout = core.wait_time(clock())
-            if running:
-                finished, _ = wait(running, timeout, FIRST_COMPLETED)
-                for future in finished:
-                    core.finished(running.pop(future), future.exception())
-            elif stop_event is not None:
-                stop_event.wait(timeout)
-            else:
-                time.sleep(timeout)
+    poll: Future[Any] | None = None
+    poller = ThreadPoolExecutor(1, thread_name_prefix="ekoclient-poll")
+    try:
+        with ThreadPoolExecutor(core.concurrency,
+                                thread_name_prefix="ekoclient-consume") as pool:
+            while True:
+                if stop_event is not None and stop_event.is_set():
+                    core.stop()
+                if poll is not None and poll.done():
+                    try:
+                        for message in core.polled(poll.result(), clock()):
+                            running[pool.submit(handler, message)] = core.ident(message)
+                    except EkoError as exc:
+                        core.poll_failed(exc, clock())
+                    poll = None
+                if poll is None:
+                    call = core.poll_call(clock())
+                    if call is not None:
+                        poll = poller.submit(execute, call)
+                _renew_due(core, execute, clock())
+                pending = core.ack_call()
+                if pending is not None:
+                    try:
+                        core.acked(execute(pending[1]))
+                    except EkoError as exc:
+                        core.ack_failed(pending[0], exc)
+                if core.done:
+                    if poll is not None:
+                        core.poll_abandoned()
+                    return core.stats
+                timeout = core.wait_time(clock())
+                waiting: set[Future[Any]] = set(running)
+                if poll is not None:
+                    waiting.add(poll)
+                if poll is not None and stop_event is not None and not core.stopping:
+                    timeout = min(timeout, 0.05)  # a held poll must not delay a stop
+                if waiting:
+                    finished, _ = wait(waiting, timeout, FIRST_COMPLETED)
+                    for future in finished:
+                        if future is not poll:
+                            core.finished(running.pop(future), future.exception())
+                elif stop_event is not None:
+                    stop_event.wait(timeout)
+                else:
+                    time.sleep(timeout)
+    finally:
+        poller.shutdown(wait=False)
 
 
 async def _call_handler(handler: Callable[[Message], Any], message: Message) -> None:
@@ -247,23 +327,32 @@ async def _call_handler(handler: Callable[[Message], Any], message: Message) -> 
 
 
 async def run_async(core: ConsumerCore, execute: AsyncExecute,
-                    handler: Callable[[Message], Any],
+                    handler: Callable[[Any], Any],
                     stop_event: asyncio.Event | None) -> ConsumeStats:
-    """Handlers run as tasks (plain functions in worker threads); this task does every call."""
+    """Handlers run as tasks (plain functions in worker threads), the poll as one more task
+    (cancelled if a stop comes while it is held); this task makes every other call."""
     clock = asyncio.get_running_loop().time
     running: dict[asyncio.Task[None], str] = {}
+    poll: asyncio.Task[Any] | None = None
+    stopper: asyncio.Task[Any] | None = None
+    if stop_event is not None:
+        stopper = asyncio.ensure_future(stop_event.wait())
     try:
         while True:
             if stop_event is not None and stop_event.is_set():
                 core.stop()
-            call = core.poll_call(clock())
-            if call is not None:
+            if poll is not None and poll.done():
                 try:
-                    for message in core.polled(await execute(call), clock()):
+                    for message in core.polled(poll.result(), clock()):
                         running[asyncio.ensure_future(_call_handler(handler, message))] = (
-                            message.id)
+                            core.ident(message))
                 except EkoError as exc:
                     core.poll_failed(exc, clock())
+                poll = None
+            if poll is None:
+                call = core.poll_call(clock())
+                if call is not None:
+                    poll = asyncio.ensure_future(execute(call))
             renew = core.renew_call(clock())
             if renew is not None:
                 try:
@@ -277,22 +366,32 @@ async def run_async(core: ConsumerCore, execute: AsyncExecute,
                 except EkoError as exc:
                     core.ack_failed(pending[0], exc)
             if core.done:
+                if poll is not None:
+                    poll.cancel()
+                    core.poll_abandoned()
+                    poll = None
                 return core.stats
             timeout = core.wait_time(clock())
-            if running:
-                finished, _ = await asyncio.wait(running, timeout=timeout,
+            waiting: set[asyncio.Future[Any]] = set(running)
+            if poll is not None:
+                waiting.add(poll)
+            if stopper is not None and not stopper.done():
+                waiting.add(stopper)
+            if waiting:
+                finished, _ = await asyncio.wait(waiting, timeout=timeout,
                                                  return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
-                    error = None if task.cancelled() else task.exception()
-                    core.finished(running.pop(task), error)
-            elif stop_event is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop_event.wait(), timeout)
+                    if task in running:
+                        error = None if task.cancelled() else task.exception()
+                        core.finished(running.pop(task), error)
             else:
                 await asyncio.sleep(timeout)
     finally:
         # cancelled or failed: stop the handlers; their claims expire and they come back
         for task in running:
             task.cancel()
+        for extra in (poll, stopper):
+            if extra is not None:
+                extra.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)

@@ -121,6 +121,8 @@ class ExecutorCore:
         # client-side pacing from X-RateLimit-* (opt-in); None keeps the hot path bare
         self.pacing = options.rate_limit if options.rate_limit.adaptive else None
         self._pace_lock = threading.Lock()
+        t = options.timeout
+        self._default_timeouts = (t.connect, t.read, t.write, t.pool)
 
     @staticmethod
     def make_policy(r: Any, budget: RetryBudget) -> RetryPolicy:
@@ -191,14 +193,34 @@ class ExecutorCore:
 
     def gave_up(self, call: Call[Any], exc: TransportError, retry: RetryState
                 ) -> TransportError:
-        """With several hosts, say that every one was tried, not only the last failure."""
-        count = len(self.hosts.urls)
-        if count < 2 or not call.replayable:
+        """Say how many attempts were made and why retrying stopped (and, with several
+        hosts, that every one was tried), not only the last failure."""
+        if not call.replayable:
             return exc
-        error = type(exc)(f"no host answered {call.method} {call.path}: gave up after "
-                          f"{retry.attempt} attempt(s) over {count} hosts; last error: {exc}")
+        count = len(self.hosts.urls)
+        where = f" over {count} hosts" if count > 1 else ""
+        error = type(exc)(f"no host answered {call.method} {call.path}: "
+                          f"{retry.gave_up().replace(' attempt(s)', f' attempt(s){where}', 1)}"
+                          f"; last error: {exc}")
         error.__cause__ = exc
         return error
+
+    def attempt_timeouts(self, retry: RetryState
+                         ) -> tuple[float, float, float, float] | None:
+        """Timeouts for the attempt about to start: the per-call ones (``with_options``) or
+        the client's, each cut to the call's time left so that ``max_elapsed`` bounds the
+        whole call, the attempt in flight included (None: the client's timeouts as they are).
+        """
+        chosen = self.call_options.timeouts
+        left = retry.remaining(time.monotonic())
+        base = chosen if chosen is not None else self._default_timeouts
+        # an attempt within half a second of the bound is left alone: no per-request
+        # Timeout object on the hot path for a bound the configured timeouts already keep
+        if left >= max(base) - 0.5:
+            return chosen
+        cap = max(left, 0.001)
+        connect, read, write, pool = (min(x, cap) for x in base)
+        return (connect, read, write, pool)
 
     def headers(self, call: Call[Any], token: str | None, idempotency_key: str | None
                 ) -> Mapping[str, str]:
@@ -319,10 +341,13 @@ class ExecutorCore:
             if delay is not None:
                 if failover:
                     delay = 0.0  # another host is healthy: go there now
-                logger.info("%s %s answered %s (request id %s); retry %d in %.2fs",
-                            call.method, call.path, status, error.request_id,
-                            retry.attempt, delay)
+                # a 429 wait is the caller's own doing (its key's limit): say it louder
+                logger.log(logging.WARNING if status == 429 else logging.INFO,
+                           "%s %s answered %s (request id %s); retry %d in %.2fs",
+                           call.method, call.path, status, error.request_id,
+                           retry.attempt, delay)
                 return RETRY, delay
+            error.message = f"{error.message}; {retry.gave_up()}"
         return RAISE, error
 
     def failed(self, call: Call[Any], host: str, exc: TransportError, retry: RetryState
@@ -466,7 +491,7 @@ class SyncExecutor(ExecutorCore):
                 response = self.transport.send(
                     call.method, url, headers, call.params,
                     call.content, call.stream,  # type: ignore[arg-type]
-                    timeout=options.timeouts)
+                    timeout=self.attempt_timeouts(retry))
                 if response.status_code >= 400:
                     try:
                         body = self.transport.read(response)
@@ -627,7 +652,7 @@ class AsyncExecutor(ExecutorCore):
             try:
                 response = await self.transport.send(
                     call.method, url, headers, call.params, call.content, call.stream,
-                    timeout=options.timeouts)
+                    timeout=self.attempt_timeouts(retry))
                 if response.status_code >= 400:
                     try:
                         body = await self.transport.read(response)

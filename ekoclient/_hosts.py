@@ -1,12 +1,16 @@
 """Which server a call goes to: the sans-I/O host pool.
 
 A :class:`HostPool` spreads calls round-robin over the healthy hosts. A host that fails
-(connection error, timeout, 5xx) is benched for a cool-down that doubles with each
-consecutive failure, up to a cap. When its cool-down has passed it is not trusted blindly:
-the pool asks its owner to probe it (``GET /api/health``) and takes it back only when the
-probe succeeds; a failed probe benches it again for a longer cool-down. When no host is
-healthy the one due back soonest is used, so a call always has somewhere to go and the retry
-policy, not the pool, decides when to give up.
+(connection error, timeout, 5xx) is benched. One crash is one failure *episode*, however many
+calls were in flight on the host when it died: failures reported while it is already benched
+do not count again. The cool-down doubles with each episode that follows the last successful
+call (a host that keeps relapsing stays out longer), up to a cap. When its cool-down has
+passed it is not trusted blindly: the pool asks its owner to probe it (``GET /api/health``)
+and takes it back only when the probe succeeds. A failed probe is retried after the base
+cool-down (not a doubled one), so a host that comes back is in rotation again within about
+one cool-down (1 s by default) of its return. When no host is healthy the one due back
+soonest is used, so a call always has somewhere to go and the retry policy, not the pool,
+decides when to give up.
 
 Design: the pool does no I/O and reads time only through an injected clock, so every
 decision is unit-tested with a fake clock. Probes and discovery refreshes are requested
@@ -73,7 +77,10 @@ class HostStatus:
 @dataclass(slots=True)
 class _Host:
     url: str
+    #: Failures since the last successful call: episodes and failed probes.
     failures: int = 0
+    #: Failure episodes since the last successful call (these double the cool-down).
+    episodes: int = 0
     #: 0.0 while healthy, else the clock time at which its cool-down ends.
     benched_until: float = 0.0
     probing: bool = False
@@ -144,18 +151,22 @@ class HostPool:
         host = self._by_url.get(url)
         if host is not None and host.failures:
             with self._lock:
-                host.failures = 0
+                host.failures = host.episodes = 0
                 host.benched_until = 0.0
                 host.probing = False
                 self._recompute()
 
     def failed(self, url: str) -> None:
-        """Bench a host after a connection failure, a timeout or a 5xx."""
+        """Bench a host after a connection failure, a timeout or a 5xx.
+
+        A host already benched is not benched again: calls that were in flight when it
+        failed report one after another, and they are all the same episode.
+        """
         if self._single is not None:
             return
         with self._lock:
             host = self._by_url.get(url)
-            if host is None:
+            if host is None or host.benched_until:
                 return
             self._bench(host)
             self._recompute()
@@ -176,13 +187,18 @@ class HostPool:
         logger.info("host %s is healthy again", url)
 
     def probe_failed(self, url: str) -> None:
-        """The health probe failed: bench the host again, for longer."""
+        """The health probe failed: probe again after the base cool-down.
+
+        Not a doubled one: probes are cheap, and a host that comes back should be used
+        within about a cool-down of its return, not after a wait grown while it was down.
+        """
         with self._lock:
             host = self._by_url.get(url)
             if host is None:
                 return
             host.probing = False
-            self._bench(host)
+            host.failures += 1
+            host.benched_until = self._clock() + self._cooldown
             self._recompute()
 
     def update(self, urls: Sequence[str]) -> None:
@@ -236,7 +252,8 @@ class HostPool:
 
     def _bench(self, host: _Host) -> None:
         host.failures += 1
-        wait = min(self._max_cooldown, self._cooldown * 2 ** min(host.failures - 1, 30))
+        host.episodes += 1
+        wait = min(self._max_cooldown, self._cooldown * 2 ** min(host.episodes - 1, 30))
         host.benched_until = self._clock() + wait
 
     def _schedule_refresh(self) -> None:

@@ -1,9 +1,14 @@
 """When to try a call again, and how long to wait first.
 
-The waits and stops are tenacity's own strategies (full-jitter exponential backoff, a cap on
-attempts and on elapsed time). They are driven from the executors' sans-I/O loop instead of
-wrapping each call in ``tenacity.Retrying``: the sync and async executors share one policy,
+The waits and stops are tenacity's own strategies (exponential backoff with "equal" jitter, a
+cap on attempts and on elapsed time). They are driven from the executors' sans-I/O loop instead
+of wrapping each call in ``tenacity.Retrying``: the sync and async executors share one policy,
 and a call that succeeds first time never builds any retry state.
+
+Equal jitter (half of each wait fixed, half random) rather than full jitter: with full jitter
+the waits may all come out near zero, so how long a call keeps trying through a restart is
+luck. With the defaults (8 attempts, 0.1 s doubling to 2 s) the seven waits add up to at least
+3.55 s and 7.1 s on average: a restart of a few seconds costs an idempotent call nothing.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ class RetryBudget:
     of growing with the number of callers.
     """
 
-    def __init__(self, *, capacity: float = 20.0, ratio: float = 0.2,
-                 per_second: float = 5.0) -> None:
+    def __init__(self, *, capacity: float = 100.0, ratio: float = 0.2,
+                 per_second: float = 10.0) -> None:
         self._capacity = capacity
         self._ratio = ratio
         self._per_second = per_second
@@ -77,6 +82,18 @@ class RetryBudget:
     def balance(self) -> float:
         return self._balance
 
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+    @property
+    def per_second(self) -> float:
+        return self._per_second
+
+    @property
+    def ratio(self) -> float:
+        return self._ratio
+
 
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded by attempts, elapsed time and budget."""
@@ -84,9 +101,9 @@ class RetryPolicy:
     def __init__(
         self,
         *,
-        max_attempts: int = 5,
-        initial: float = 0.05,
-        maximum: float = 1.0,
+        max_attempts: int = 8,
+        initial: float = 0.1,
+        maximum: float = 2.0,
         max_elapsed: float = 30.0,
         retry_after_cap: float = 60.0,
         budget: RetryBudget | None = None,
@@ -95,7 +112,9 @@ class RetryPolicy:
         self.retry_after_cap = retry_after_cap
         self.max_elapsed = max_elapsed
         self.budget = budget or RetryBudget()
-        self._wait = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+        half, half_max = initial / 2, maximum / 2
+        self._wait = (tenacity.wait_exponential(multiplier=half, max=half_max)
+                      + tenacity.wait_random_exponential(multiplier=half, max=half_max))
         self._stop = tenacity.stop_after_attempt(max_attempts) | tenacity.stop_before_delay(
             max_elapsed
         )
@@ -107,21 +126,35 @@ class RetryPolicy:
 class RetryState:
     """The retry bookkeeping of one call; tenacity's call state is made on first failure."""
 
-    __slots__ = ("_policy", "_started", "_tstate")
+    __slots__ = ("_policy", "_started", "_tstate", "stopped_by")
 
     def __init__(self, policy: RetryPolicy, started: float) -> None:
         self._policy = policy
         self._started = started
         self._tstate: tenacity.RetryCallState | None = None
+        #: Why retrying stopped, in words (None while it has not).
+        self.stopped_by: str | None = None
 
     @property
     def attempt(self) -> int:
         return 1 if self._tstate is None else self._tstate.attempt_number
 
+    def remaining(self, now: float) -> float:
+        """Seconds left of ``max_elapsed``: the bound for the attempt about to start."""
+        return self._started + self._policy.max_elapsed - now
+
+    def gave_up(self) -> str:
+        """"gave up after N attempt(s) in Xs: <why>" for error messages."""
+        elapsed = time.monotonic() - self._started
+        return (f"gave up after {self.attempt} attempt(s) in {elapsed:.1f}s: "
+                f"{self.stopped_by or 'the error is not retried'}")
+
     def next_delay(self, retry_after: float | None = None) -> float | None:
         """Seconds to sleep before the next attempt, or None to give up now."""
         policy = self._policy
         if retry_after is not None and retry_after > policy.retry_after_cap:
+            self.stopped_by = (f"the service asked to wait {retry_after:g}s, more than "
+                               f"retry_after_cap={policy.retry_after_cap:g}s")
             return None
         state = self._tstate
         if state is None:
@@ -133,7 +166,19 @@ class RetryState:
         if retry_after is not None and retry_after > delay:
             delay = retry_after
         state.upcoming_sleep = delay
-        if policy._stop(state) or not policy.budget.withdraw():
+        if state.attempt_number >= policy.max_attempts:
+            self.stopped_by = f"max_attempts={policy.max_attempts} reached"
+            return None
+        if policy._stop(state):
+            self.stopped_by = (f"the next wait would pass max_elapsed="
+                               f"{policy.max_elapsed:g}s")
+            return None
+        if not policy.budget.withdraw():
+            b = policy.budget
+            self.stopped_by = (f"the client's retry budget is spent (it holds "
+                               f"{b.capacity:g} retries, refilled by {b.per_second:g}/s and "
+                               f"{b.ratio:g} per success; set retry={{'budget_capacity': ...}} "
+                               f"to allow more)")
             return None
         state.attempt_number += 1
         return delay

@@ -38,6 +38,7 @@ from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 from websockets.version import version as ws_version
 
+from ._compat import ASYNC_TIMEOUTS
 from ._config import ClientOptions, _is_loopback
 from ._executor import AsyncExecutor, SyncExecutor
 from ._service import MethodFace, Service, public_signature
@@ -329,6 +330,19 @@ class StreamCore:
             self.last_yielded = None
         return self._ack_frames(fresh) if self.connected else []
 
+    def nack(self, keys: list[str]) -> list[str]:
+        """The user gives events back unprocessed: the service offers them again (in this
+        stream, or to another consumer) instead of after their claim expires."""
+        back = [k for k in keys if k in self.holding]
+        for key in back:
+            self.holding.pop(key, None)
+            if key == self.last_yielded:
+                self.last_yielded = None  # auto_ack must not ack it on the next step
+        if not back or not self.connected:
+            return []  # a closed socket released its claims already
+        return [json.dumps({"op": "nack", "keys": back[i:i + ACK_CHUNK]})
+                for i in range(0, len(back), ACK_CHUNK)]
+
     def yielded(self, key: str) -> list[str]:
         """About to give ``key`` to the user: with auto_ack, ack the previous one now."""
         previous, self.last_yielded = self.last_yielded, key
@@ -367,27 +381,43 @@ class StreamCore:
 
 
 class StreamEvent(Event):
-    """An event from :meth:`DataBus.stream` on a blocking client; call :meth:`ack` when done."""
+    """An event from :meth:`DataBus.stream` on a blocking client; call :meth:`ack` when done,
+    or :meth:`nack` to give it back."""
 
     subscription: str
     _acker: Callable[[str], None] | None = PrivateAttr(default=None)
+    _nacker: Callable[[str], None] | None = PrivateAttr(default=None)
 
     def ack(self) -> None:
         """Acknowledge: the event is never delivered again (safe to call twice)."""
         if self._acker is not None:
             self._acker(self.key)
 
+    def nack(self) -> None:
+        """Give the event back unprocessed: it is offered again at once (possibly in this
+        same stream), not only after its claim expires."""
+        if self._nacker is not None:
+            self._nacker(self.key)
+
 
 class AsyncStreamEvent(Event):
-    """An event from :meth:`DataBus.stream` on an AsyncClient; ``await event.ack()``."""
+    """An event from :meth:`DataBus.stream` on an AsyncClient; ``await event.ack()``, or
+    ``await event.nack()`` to give it back."""
 
     subscription: str
     _acker: Callable[[str], Any] | None = PrivateAttr(default=None)
+    _nacker: Callable[[str], Any] | None = PrivateAttr(default=None)
 
     async def ack(self) -> None:
         """Acknowledge: the event is never delivered again (safe to call twice)."""
         if self._acker is not None:
             await self._acker(self.key)
+
+    async def nack(self) -> None:
+        """Give the event back unprocessed: it is offered again at once (possibly in this
+        same stream), not only after its claim expires."""
+        if self._nacker is not None:
+            await self._nacker(self.key)
 
 
 def _connect_kwargs(options: ClientOptions, url: str, token: str, *,
@@ -458,6 +488,10 @@ class EventStream:
     def _ack(self, key: str) -> None:
         with self._lock:
             self._send(self._core.ack([key]))
+
+    def _nack(self, key: str) -> None:
+        with self._lock:
+            self._send(self._core.nack([key]))
 
     def _connect(self) -> None:
         ex, core = self._executor, self._core
@@ -534,6 +568,7 @@ class EventStream:
                 event = StreamEvent.model_validate(
                     {**item, "subscription": self._core.settings.subscription})
                 event._acker = self._ack
+                event._nacker = self._nack
                 self._buffer.append(event)
 
     def close(self, *, _processed: bool = True) -> None:
@@ -601,6 +636,9 @@ class AsyncEventStream:
     async def _ack(self, key: str) -> None:
         await self._send(self._core.ack([key]))
 
+    async def _nack(self, key: str) -> None:
+        await self._send(self._core.nack([key]))
+
     async def _connect(self) -> None:
         ex, core = self._executor, self._core
         while True:
@@ -615,7 +653,8 @@ class AsyncEventStream:
                 ws = await async_connect(url, **_connect_kwargs(ex.options, url, self._token))
             except InvalidStatus as exc:
                 decision = core.refused(exc.response.status_code, time.monotonic())
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
+            except (OSError, TimeoutError, asyncio.TimeoutError, InvalidHandshake,
+                    ConnectionClosed):  # two timeout types on Python 3.10
                 ex.hosts.failed(host)
                 decision = core.failed(time.monotonic())
             else:
@@ -651,7 +690,7 @@ class AsyncEventStream:
             try:
                 text = await asyncio.wait_for(self._ws.recv(),
                                               self._core.wait_time(time.monotonic()))
-            except TimeoutError:
+            except ASYNC_TIMEOUTS:
                 frames, dead = self._core.timer(time.monotonic())
                 await self._send(frames)
                 if dead:
@@ -670,6 +709,7 @@ class AsyncEventStream:
                 event = AsyncStreamEvent.model_validate(
                     {**item, "subscription": self._core.settings.subscription})
                 event._acker = self._ack
+                event._nacker = self._nack
                 self._buffer.append(event)
 
     async def aclose(self, *, _processed: bool = True) -> None:
@@ -684,7 +724,7 @@ class AsyncEventStream:
             while ws is not None and self._core.unconfirmed and time.monotonic() < deadline:
                 text = await asyncio.wait_for(ws.recv(), max(0.0, deadline - time.monotonic()))
                 self._core.receive(text, time.monotonic())
-        except (TimeoutError, ConnectionClosed, OSError, EkoError):
+        except (TimeoutError, asyncio.TimeoutError, ConnectionClosed, OSError, EkoError):
             pass
         self._ws = None
         if ws is not None:

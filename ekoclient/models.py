@@ -5,10 +5,14 @@ Models ignore fields they do not know, so a newer server does not break an older
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
 
 __all__ = [
     "AckResult",
@@ -22,6 +26,7 @@ __all__ = [
     "Message",
     "MutationNotification",
     "NewApiKey",
+    "Page",
     "PollResult",
     "RenewResult",
     "SearchHit",
@@ -184,3 +189,24 @@ class MutationNotification(_Model):
     record_ids: list[str] = Field(default_factory=list)
     records: list[dict[str, Any]] | None = None
     timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of ``find_page``: ``items``, whether more match (``has_more``), and the
+    cursor that fetches them (``next_cursor``, None when there are no more).
+
+    The cursor is a keyset position (the last item's sort values and place), so the next page
+    starts right after it even when records are inserted or deleted in between. Pass it back
+    with the same collection, filter and sort.
+    """
+
+    items: list[T]
+    has_more: bool
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -487,6 +487,23 @@ class DataBus:
                     done.append(key)
         return done
 
+    def release_keys(self, owner: str, scope: Scope, name: str, keys: object,
+                     claimed_by: str) -> list[str]:
+        """End the claims ``claimed_by`` holds on these events now (a consumer gave them
+        back unprocessed); returns the keys released. Others' claims are left alone."""
+        wanted = self._keys(keys)
+        done = []
+        with self._storage.transaction() as conn:
+            sub = self._owned(conn, owner, scope, name, "renew")
+            for key in wanted:
+                cur = conn.execute(
+                    "UPDATE bus_events SET claimed_until = 0, claimed_by = '' WHERE sub_uid = ? "
+                    "AND event_key = ? AND claimed_by = ? AND claimed_until > ?",
+                    (sub.uid, key, claimed_by, self._clock()))
+                if cur.rowcount:
+                    done.append(key)
+        return done
+
     def release(self, owner: str, name: str, claimed_by: str) -> None:
         """Un-claim events a (closing) pusher claimed, so a reconnect gets them at once."""
         if not claimed_by:

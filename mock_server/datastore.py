@@ -63,10 +63,12 @@ from mock_server.permissions import (
 )
 from mock_server.query import (
     QueryError,
+    decode_cursor,
+    encode_cursor,
+    keyset_page,
     parse_filter,
     parse_page,
     parse_sort,
-    run_query,
     validate_field_path,
 )
 from mock_server.schemas import (
@@ -79,7 +81,8 @@ from mock_server.schemas import (
 )
 from mock_server.storage import Storage, register_schema
 
-__all__ = ["MAX_BATCH", "OVERLAY", "Caller", "DataStore", "Overlay", "merge_changes"]
+__all__ = ["MAX_BATCH", "OVERLAY", "Caller", "DataStore", "FindPage", "Overlay",
+           "merge_changes"]
 
 log = logging.getLogger("mock_server.datastore")
 
@@ -92,7 +95,17 @@ MAX_LIMIT: Final = 1000
 _SERVICE: Final = "datastore"
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "select_fields", "exclude_fields")
+_FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "cursor", "select_fields",
+                     "exclude_fields")
+
+
+@dataclass(frozen=True)
+class FindPage:
+    """A find answer: the records, whether more match, and the cursor to get them."""
+
+    records: list[dict[str, Any]]
+    has_more: bool
+    next_cursor: str | None
 
 register_schema(
     """
@@ -375,6 +388,20 @@ class DataStore:
         for ridx, rid, data in rows:
             yield self._open(collection, self._open_id(collection, ridx, rid), data)
 
+    def _scan_seq(self, conn: sqlite3.Connection, collection: str,
+                  cidx: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every record with its insertion sequence (the keyset pages' tie-breaker)."""
+        if OVERLAY.get() is not None:
+            # inside a transaction: the overlay's order (committed records, then staged
+            # inserts); positions stand in for sequence numbers within the transaction
+            yield from enumerate(self._scan(conn, collection, cidx), start=1)
+            return
+        rows = conn.execute(
+            "SELECT seq, ridx, rid, data FROM ds_records WHERE cidx = ? ORDER BY seq", (cidx,)
+        ).fetchall()
+        for seq, ridx, rid, data in rows:
+            yield seq, self._open(collection, self._open_id(collection, ridx, rid), data)
+
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
                  caller: Caller, operation: str, *,
                  record_id: str | None = None) -> dict[str, Any]:
@@ -625,7 +652,11 @@ class DataStore:
     # ---------------------------------------------------------------- queries
 
     def find(self, caller: Caller, collection: object, body: object) -> list[dict[str, Any]]:
-        """``{filter, sort, limit, skip, select_fields, exclude_fields}`` → projected page."""
+        """``{filter, sort, limit, skip, cursor, select_fields, exclude_fields}`` → page."""
+        return self.find_page(caller, collection, body).records
+
+    def find_page(self, caller: Caller, collection: object, body: object) -> FindPage:
+        """One page and where the next starts (keyset: sort keys, then insertion order)."""
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         if not isinstance(body, dict):
@@ -640,16 +671,23 @@ class DataStore:
             sort = parse_sort(body.get("sort"))
             limit, skip = parse_page(body.get("limit"), body.get("skip"),
                                      default_limit=DEFAULT_LIMIT, max_limit=MAX_LIMIT)
+            cursor = decode_cursor(body.get("cursor"), sort)
         except QueryError as exc:
             raise _invalid(str(exc)) from None
+        if cursor is not None and skip:
+            raise _invalid("cursor and skip cannot be combined: a cursor already says where "
+                           "the page starts")
         select = _field_list(body.get("select_fields"), "select_fields")
         exclude = _field_list(body.get("exclude_fields"), "exclude_fields")
         paths = set(flt.fields() if flt is not None else ()) | {k.field for k in sort}
         self._require_readable(caller, name, paths)
         conn = self._storage.conn
-        records = run_query(self._scan(conn, name, self._exists(conn, name)), flt, sort,
-                            limit, skip)
-        return [_narrow(caller.scope.project(name, r), select, exclude) for r in records]
+        rows, has_more = keyset_page(self._scan_seq(conn, name, self._exists(conn, name)),
+                                     flt, sort, limit, skip, cursor)
+        records = [_narrow(caller.scope.project(name, r), select, exclude)
+                   for _, r in rows]
+        next_cursor = encode_cursor(rows[-1][1], rows[-1][0], sort) if has_more else None
+        return FindPage(records, has_more, next_cursor)
 
     @staticmethod
     def _require_readable(caller: Caller, collection: str, paths: set[str]) -> None:

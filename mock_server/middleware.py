@@ -253,6 +253,25 @@ class ReplayGuard(Protocol):
         """Audit the replay; raise ApiError if this answer may no longer be handed out."""
 
 
+_WAIT = re.compile(rb"(?:^|&)wait=([^&]*)")
+
+
+def _long_poll(scope: Scope, path: str) -> bool:
+    """A held poll (``.../poll?wait=N``, N > 0) is not made idempotent: its answer would be
+    committed with the request's writes, and that transaction would hold the database's
+    write lock for the whole wait. What a lost answer claimed comes back when its claim
+    expires (at-least-once, as without a key)."""
+    if not path.endswith("/poll"):
+        return False
+    match = _WAIT.search(bytes(scope.get("query_string", b"")))
+    if match is None:
+        return False
+    try:
+        return float(match.group(1)) > 0
+    except ValueError:
+        return False  # the route refuses it (422) before waiting
+
+
 class IdempotencyMiddleware:
     """Replays the first answer to a repeated (key id, Idempotency-Key) write.
 
@@ -293,7 +312,7 @@ class IdempotencyMiddleware:
             return
         key = header(scope, b"idempotency-key")
         path = str(scope.get("path", ""))
-        if key is None or path in self.excluded:
+        if key is None or path in self.excluded or _long_poll(scope, path):
             await self.app(scope, receive, send)
             return
         if not _IDEM_KEY.match(key):

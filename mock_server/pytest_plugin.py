@@ -1,6 +1,12 @@
 """pytest plugin: a real ekoDB reference server for your tests (no mocks).
 
-Installed with ``ekoclient[server]`` and registered automatically (``pytest11`` entry point).
+Registered automatically (``pytest11`` entry point) by every install of ``ekoclient``; the
+fixtures need the ``server`` extra (``pip install "ekoclient[server]"``).
+
+Design: this module is loaded into *every* pytest run of a project that installed ekoclient,
+so at load it imports only the standard library and pytest. The server (uvicorn, FastAPI,
+cryptography) is imported when a test first asks for a fixture, and a missing extra then
+fails that test with the command that fixes it, instead of breaking the whole run.
 
 Fixtures:
 
@@ -32,12 +38,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mock_server.config import TIER_LIMITS, ServerConfig
-from mock_server.server import ReferenceServer
+if TYPE_CHECKING:  # only for annotations: importing these at load needs the server extra
+    from mock_server.config import ServerConfig
+    from mock_server.server import ReferenceServer
+
+SERVER_EXTRA_HINT = 'pip install "ekoclient[server]"'
+
+
+def _server_modules() -> tuple[Any, Any, Any]:
+    """(TIER_LIMITS, ServerConfig, ReferenceServer), or a clear failure naming the extra."""
+    try:
+        from mock_server.config import TIER_LIMITS, ServerConfig
+        from mock_server.server import ReferenceServer
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        pytest.fail(f"the ekodb_server fixtures need the reference server, which needs the "
+                    f"'server' extra (missing module {missing!r}): {SERVER_EXTRA_HINT}",
+                    pytrace=False)
+    return TIER_LIMITS, ServerConfig, ReferenceServer
 
 
 @dataclass(frozen=True)
@@ -56,12 +78,13 @@ class ServerInfo:
 
 def start_server(data_dir: Path, **overrides: Any) -> ServerInfo:
     """Start a server (TLS, fault injection on) with the given ServerConfig overrides."""
+    tier_limits, config_cls, server_cls = _server_modules()
     fields: dict[str, Any] = {"fault_injection": True,
-                              "tier_limits": {t: n * 1000 for t, n in TIER_LIMITS.items()}}
+                              "tier_limits": {t: n * 1000 for t, n in tier_limits.items()}}
     fields.update(overrides)
-    config = ServerConfig(data_dir=data_dir, **fields)
+    config: ServerConfig = config_cls(data_dir=data_dir, **fields)
     # environ={}: the user's EKODB_* variables must not leak into a test server
-    server = ReferenceServer(config, environ={}).start()
+    server: ReferenceServer = server_cls(config, environ={}).start()
     if server.admin_key is None:
         server.stop()
         raise RuntimeError(f"data dir {data_dir} already has an admin key; use a fresh one")

@@ -18,11 +18,18 @@ Decisions route authors should know:
   matches it, a missing field does not).
 - Dotted paths walk nested objects only; arrays are never indexed.
 - Limits (depth, nodes, list sizes, page sizes) are module constants below.
+- Keyset pages: the order is the sort keys, then the record's insertion sequence (unique and
+  never reused, so every record has exactly one place). A cursor is the last record's sort
+  values and sequence, so the next page starts right after it however many records were
+  inserted or deleted meanwhile; skip-based pages shift under deletes and lose records.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import json
 import math
 import operator as _op
 import re
@@ -45,7 +52,10 @@ __all__ = [
     "Logical",
     "QueryError",
     "SortKey",
+    "decode_cursor",
+    "encode_cursor",
     "get_path",
+    "keyset_page",
     "parse_filter",
     "parse_page",
     "parse_sort",
@@ -528,3 +538,104 @@ def run_query(
     if sort:
         selected = sort_records(selected, sort)
     return selected[skip : skip + limit]
+
+
+# --- keyset pages ----------------------------------------------------------------------------
+
+MAX_CURSOR_LENGTH: Final = 4096
+_CURSOR_VERSION: Final = 1
+
+Rank = tuple[int, int, Any]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last record's sort ranks and insertion sequence."""
+
+    ranks: tuple[Rank, ...]
+    seq: int
+
+
+def _sort_signature(sort: Sequence[SortKey]) -> str:
+    spec = json.dumps([[k.field, k.ascending] for k in sort], separators=(",", ":"))
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def _ranks(record: Mapping[str, Any], sort: Sequence[SortKey]) -> tuple[Rank, ...]:
+    return tuple(_rank(*get_path(record, key.field)) for key in sort)
+
+
+def encode_cursor(record: Mapping[str, Any], seq: int, sort: Sequence[SortKey]) -> str:
+    """The opaque cursor that continues after ``record`` (URL-safe base64 of JSON)."""
+    payload = {"v": _CURSOR_VERSION, "s": _sort_signature(sort),
+               "k": [list(r) for r in _ranks(record, sort)], "q": seq}
+    raw = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(raw: object, sort: Sequence[SortKey]) -> Cursor | None:
+    """Validate a cursor from a request (None: start at the beginning). Raises QueryError."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw or len(raw) > MAX_CURSOR_LENGTH:
+        raise _fail("cursor", f"expected a cursor string from a previous page (at most "
+                              f"{MAX_CURSOR_LENGTH} characters)")
+    bad = _fail("cursor", "not a cursor this server issued; pass next_cursor from a previous "
+                          "page unchanged")
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, TypeError):
+        raise bad from None
+    if (not isinstance(payload, dict) or payload.get("v") != _CURSOR_VERSION
+            or not isinstance(payload.get("k"), list) or type(payload.get("q")) is not int):
+        raise bad
+    if payload.get("s") != _sort_signature(sort):
+        raise _fail("cursor", "this cursor belongs to a query with another sort; use the "
+                              "same sort as the page it came from")
+    ranks: list[Rank] = []
+    for item in payload["k"]:
+        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int
+                or type(item[1]) is not int
+                or not isinstance(item[2], (int, float, str)) or isinstance(item[2], bool)):
+            raise bad
+        ranks.append((item[0], item[1], item[2]))
+    if len(ranks) != len(sort):
+        raise bad
+    for rank in ranks:  # a forged cursor must not make comparisons raise
+        if rank[0] in (1, 2) and not isinstance(rank[2], (int, float)):
+            raise bad
+        if rank[0] in (3, 4) and not isinstance(rank[2], str):
+            raise bad
+    return Cursor(tuple(ranks), payload["q"])
+
+
+def _after(ranks: tuple[Rank, ...], seq: int, cursor: Cursor, sort: Sequence[SortKey]) -> bool:
+    """Whether a record at (ranks, seq) comes after the cursor in the page order."""
+    for mine, theirs, key in zip(ranks, cursor.ranks, sort, strict=True):
+        if mine != theirs:
+            try:
+                return (mine > theirs) if key.ascending else (mine < theirs)
+            except TypeError:  # same category, values of two kinds (forged cursor)
+                return str(mine) > str(theirs)
+    return seq > cursor.seq
+
+
+def keyset_page(
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    flt: Filter | None,
+    sort: Sequence[SortKey],
+    limit: int,
+    skip: int,
+    cursor: Cursor | None,
+) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """One page of ``(seq, record)`` in (sort keys, seq) order after ``cursor``, and whether
+    more follow. ``rows`` must come in ascending seq order (the stable sorts keep it)."""
+    selected = [(seq, rec) for seq, rec in rows if flt is None or flt.matches(rec)]
+    for key in reversed(sort):
+        get = _key_for(key.field)
+        selected.sort(key=lambda item, get=get: get(item[1]),  # type: ignore[misc]
+                      reverse=not key.ascending)
+    if cursor is not None:
+        selected = [(seq, rec) for seq, rec in selected
+                    if _after(_ranks(rec, sort), seq, cursor, sort)]
+    return selected[skip: skip + limit], len(selected) > skip + limit

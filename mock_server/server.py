@@ -6,8 +6,9 @@ import asyncio
 import ipaddress
 import secrets
 import socket
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -196,6 +197,31 @@ def tls_loop_factory(handshake_timeout: float) -> Callable[[], asyncio.AbstractE
     return Loop
 
 
+#: TLS 1.2 suites offered (TLS 1.3 suites are not set by cipher strings): forward secret AEAD.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def _run_on_new_loop(loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+                     main: Coroutine[Any, Any, None]) -> None:
+    """What ``asyncio.Runner(loop_factory).run(main)`` does, for Python 3.10."""
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -271,6 +297,9 @@ class ReferenceServer:
                 files = ensure_local_ca(cfg.data_dir)
                 ssl = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
                 self.ca_bundle = files.ca
+            # older uvicorn (0.36) defaults to the cipher string "TLSv1", which leaves TLS 1.2
+            # clients (the blocking stream pins 1.2) no suite to agree on; say it outright
+            ssl["ssl_ciphers"] = TLS12_CIPHERS
         self._sock = self._bind()
         self.port = int(self._sock.getsockname()[1])
         uv_config = uvicorn.Config(
@@ -304,8 +333,11 @@ class ReferenceServer:
             await server.serve(sockets=[sock])
 
         def run() -> None:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                runner.run(serve())
+            if sys.version_info >= (3, 11):
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    runner.run(serve())
+            else:  # Python 3.10 has no asyncio.Runner: the same steps by hand
+                _run_on_new_loop(loop_factory, serve())
 
         self._thread = threading.Thread(target=run, name="ekodb-reference-server", daemon=True)
         self._thread.start()
@@ -322,6 +354,8 @@ class ReferenceServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful shutdown: stop accepting, finish in-flight requests, close storage."""
+        if self.state is not None:
+            self.state.poll_wakeups.close()  # held polls answer now, not after their wait
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

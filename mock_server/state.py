@@ -26,6 +26,7 @@ from mock_server.faults import FaultInjector
 from mock_server.idempotency import IdempotencyStore, Replay
 from mock_server.keys import IPAddress, IPNetwork, KeyStore
 from mock_server.kv import KVStore
+from mock_server.longpoll import Wakeups
 from mock_server.metrics import Metrics
 from mock_server.queues import Queues
 from mock_server.ratelimit import (
@@ -101,6 +102,8 @@ class AppState:
     queues: Queues = field(init=False)
     #: Client transactions over the DataStore (mock_server.transactions).
     transactions: Transactions = field(init=False)
+    #: Wake-ups for held (long) polls: queues by "kind:queue", and shutdown for all.
+    poll_wakeups: Wakeups = field(default_factory=Wakeups)
     #: Per-key request limits (tier / per-key override) over `key_limiter`.
     key_limits: KeyRateLimits = field(init=False)
     #: Full-text / vector search over in-memory indexes of decrypted records.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from ekoclient import AsyncClient, Authenticator, Client
+from ekoclient._blob import ProgressGate
 from ekoclient.errors import (
     ConflictError,
     IntegrityError,
@@ -313,3 +315,40 @@ def test_a_tampered_blob_never_yields_wrong_bytes(admin: Client, table: str,
     with pytest.raises(ServerError) as caught:  # the first chunk needed is checked up front
         admin.blobstore.get(table, "x", byte_range=(CHUNK, None))
     assert caught.value.code == "blob_corrupted"
+
+
+def _steady(calls: list[tuple[int, int | None]], total: int, step: int) -> None:
+    """Starts at 0, ends at total, never goes back, and moves by at least ``step`` a call."""
+    done = [d for d, _ in calls]
+    assert done[0] == 0 and done[-1] == total and done == sorted(done)
+    assert all(b - a >= step for a, b in itertools.pairwise(done[:-1]))  # the end: any gap
+    assert len(calls) <= total // step + 2
+
+
+def test_progress_comes_about_every_mib_both_ways(admin: Client, table: str,
+                                                  tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    data = pattern(6 * MIB + 3, seed=5)
+    source.write_bytes(data)
+    up: list[tuple[int, int | None]] = []
+    down: list[tuple[int, int | None]] = []
+    admin.blobstore.upload_file(table, "steady", source, progress=lambda d, t: up.append((d, t)))
+    admin.blobstore.download_file(table, "steady", tmp_path / "out.bin",
+                                  progress=lambda d, t: down.append((d, t)))
+    _steady(up, len(data), MIB)
+    _steady(down, len(data), MIB)  # the transport hands over ~64 KiB at a time
+    streamed: list[tuple[int, int | None]] = []
+    admin.blobstore.put(table, "gen", iter([data[i:i + 100_000]
+                                            for i in range(0, len(data), 100_000)]),
+                        progress=lambda d, t: streamed.append((d, t)))
+    assert streamed[-1] == (len(data), None) and len(streamed) <= 8
+
+
+def test_progress_of_a_big_transfer_comes_every_percent() -> None:
+    calls: list[int] = []
+    total = 1000 * MIB
+    gate = ProgressGate(lambda d, t: calls.append(d), total)
+    for done in range(0, total + 1, 64 * 1024):
+        gate(done)
+    assert calls[0] == 0 and calls[-1] == total
+    assert 100 <= len(calls) <= 102  # every 10 MiB (1 %), not every MiB

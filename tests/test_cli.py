@@ -38,3 +38,36 @@ def test_a_scoped_key_gets_a_clear_refusal(ekodb_server: Any, scoped_key: str) -
     out = cli(ekodb_server, "keys", "list", key=scoped_key)
     assert out.returncode == 1
     assert "HTTP 403" in out.stderr and scoped_key not in out.stderr
+
+
+def _info(admin: Any, key_id: str) -> Any:
+    (info,) = [k for k in admin.admin.list_keys() if k.key_id == key_id]
+    return info
+
+
+def test_read_only_on_means_on_and_off_means_off(ekodb_server: Any, admin: Any) -> None:
+    made = json.loads(cli(ekodb_server, "keys", "create", "ro-cli", "--read-only", "on",
+                          "--rate-limit", "600").stdout)
+    info = _info(admin, made["key_id"])
+    assert info.read_only is True and info.rate_limit == 600
+    changed = cli(ekodb_server, "keys", "update", made["key_id"], "--read-only", "off",
+                  "--rate-limit", "tier")
+    assert changed.returncode == 0, changed.stderr
+    info = _info(admin, made["key_id"])
+    assert info.read_only is False and info.rate_limit is None
+    admin.admin.delete_key(made["key_id"])
+
+
+def test_a_switch_that_is_neither_on_nor_off_is_a_usage_error(ekodb_server: Any,
+                                                              admin: Any) -> None:
+    out = cli(ekodb_server, "keys", "create", "maybe-ro", "--read-only", "maybe")
+    assert out.returncode == 2 and "expected on or off" in out.stderr
+    assert "maybe-ro" not in {k.label for k in admin.admin.list_keys()}  # nothing created
+
+
+def test_help_names_the_environment_and_shows_examples(ekodb_server: Any) -> None:
+    out = cli(ekodb_server, "keys", "--help")
+    assert out.returncode == 0
+    for needed in ("EKODB_URL", "EKODB_API_KEY", "EKODB_CA_BUNDLE", "--read-only on",
+                   "--rate-limit", "rotate", "printed only"):
+        assert needed in out.stdout, needed

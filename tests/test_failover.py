@@ -263,3 +263,91 @@ def test_a_key_revoked_through_one_node_is_refused_by_every_node(cluster: Cluste
             for _ in range(3):
                 with pytest.raises(AuthenticationError):
                     user.admin.permissions()
+
+
+# --- defaults through a restart, the elapsed bound, a spent budget (issue 16: 12b-12d) ------
+
+
+def test_default_retries_ride_out_a_restart_of_the_only_node(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """8 threads of reads and writes with default options through a SIGKILL and restart."""
+    node = ServerProcess(tmp_path_factory.mktemp("restart")).start()
+    errors: list[BaseException] = []
+    written: list[str] = []
+    stop = threading.Event()
+    try:
+        assert node.admin_key is not None
+        with Client(base_url=node.url, api_key=node.admin_key,
+                    ca_bundle=str(node.ca_bundle)) as client:
+            client.datastore.create_collection("restart")
+
+            def work(n: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    label = f"w{n}-{i}"
+                    try:
+                        client.datastore.insert("restart", {"label": label})
+                        written.append(label)
+                        client.admin.permissions()
+                    except BaseException as exc:  # recorded for the assertion
+                        errors.append(exc)
+                        return
+                    i += 1
+
+            threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: len(written) >= 20 or bool(errors), 20, "warm-up writes")
+            down_at = time.monotonic()
+            node.kill(signal.SIGKILL)
+            node.start()
+            outage = time.monotonic() - down_at
+            before = len(written)
+            wait_for(lambda: len(written) >= before + 20 or bool(errors), 20,
+                     "writes after the restart")
+            stop.set()
+            for t in threads:
+                t.join(30)
+            if outage > 3.5 and errors:
+                pytest.skip(f"the restart took {outage:.1f}s on this machine; the defaults "
+                            "promise 3.5 s")
+            assert errors == [], f"outage {outage:.1f}s: {errors[:3]}"
+            stored = Counter(r["label"] for r in client.datastore.iter_find("restart"))
+            assert stored == Counter(written)  # each write applied exactly once
+    finally:
+        stop.set()
+        node.stop()
+
+
+def _silent_port() -> tuple[socket.socket, int]:
+    """A listening socket that never accepts: connects, then nothing (a hung server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock, sock.getsockname()[1]
+
+
+def test_max_elapsed_bounds_the_attempt_in_flight() -> None:
+    sock, port = _silent_port()
+    with sock, Client(base_url=f"https://127.0.0.1:{port}", api_key="eko_test_" + "x" * 40,
+                      timeout={"connect": 10, "read": 10},
+                      retry={"max_elapsed": 1.0}) as client:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=r"max_elapsed=1s"):
+            client.admin.permissions()
+        assert time.monotonic() - started < 1.6
+
+
+def test_a_spent_retry_budget_says_so() -> None:
+    with socket.socket() as s:  # a port nothing listens on: every connect is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Client(base_url=f"https://127.0.0.1:{port}", api_key="eko_test_" + "x" * 40,
+                retry={"budget_capacity": 1, "budget_per_second": 0,
+                       "initial": 0.01, "maximum": 0.02}) as client, \
+            pytest.raises(TransportError) as info:
+        client.admin.permissions()
+    message = str(info.value)
+    assert "gave up after 2 attempt(s)" in message
+    assert "retry budget is spent" in message and "holds 1 retries" in message
+    assert "ConnectError" in message  # and the failure itself

@@ -68,7 +68,8 @@ def test_after_the_cooldown_a_host_is_probed_once_before_it_is_used_again() -> N
     assert B in {p.pick() for _ in range(20)}
 
 
-def test_a_failed_probe_extends_the_cooldown_with_backoff_up_to_the_cap() -> None:
+def test_a_failed_probe_is_retried_after_the_base_cooldown() -> None:
+    """A host down for long is probed every cool-down, so its return is noticed within one."""
     p, clock, probes = pool()
     p.failed(B)
     waits = []
@@ -78,20 +79,53 @@ def test_a_failed_probe_extends_the_cooldown_with_backoff_up_to_the_cap() -> Non
         p.probe_failed(B)
         (status,) = [s for s in p.status() if s.url == B]
         waits.append(status.benched_for)
-    assert waits == [2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
-    assert len(probes) == 6
+    assert waits == [1.0] * 6
+    assert len(probes) == 6 and status.failures == 7
 
 
-def test_consecutive_failures_double_the_cooldown() -> None:
+def test_a_crash_seen_by_many_calls_in_flight_is_one_failure() -> None:
+    """16 calls in flight on a node that dies report 16 failures: one episode, 1 s bench."""
+    p, clock, probes = pool()
+    for _ in range(16):
+        p.failed(B)
+    (status,) = [s for s in p.status() if s.url == B]
+    assert status.failures == 1 and status.benched_for == 1.0
+    clock.now += 1.0
+    p.pick()
+    assert probes == [B]
+    p.probe_succeeded(B)
+    assert B in p.healthy()
+
+
+def test_a_host_back_after_1_7_s_is_in_rotation_within_a_second() -> None:
+    p, clock, probes = pool()
+    died = clock.now
+    for _ in range(16):
+        p.failed(B)
+    back = died + 1.7  # the node answers again from here on
+    while B not in p.healthy():
+        clock.now += 0.05
+        p.pick()
+        if probes:
+            url = probes.pop()
+            (p.probe_succeeded if clock.now >= back else p.probe_failed)(url)
+    assert clock.now - back <= 1.0
+
+
+def test_relapses_double_the_cooldown() -> None:
+    """A host that fails again before any call succeeded on it stays out longer."""
     p, clock, probes = pool()
     p.failed(A)
-    p.failed(A)
+    clock.now += 1.0
+    p.pick()
+    p.probe_succeeded(A)
+    p.failed(A)  # relapse: second episode
     clock.now += 1.5
     p.pick()
-    assert probes == []  # 2 s cool-down after the second failure
+    assert probes == [A]  # the first probe only
     clock.now += 0.5
     p.pick()
-    assert probes == [A]
+    assert probes == [A, A]
 
 
 def test_a_successful_call_clears_the_failure_count() -> None:
@@ -107,7 +141,10 @@ def test_a_successful_call_clears_the_failure_count() -> None:
 def test_with_every_host_benched_the_one_due_back_soonest_is_used() -> None:
     p, clock, _ = pool()
     p.failed(A)
-    p.failed(A)
+    clock.now += 1.0
+    p.pick()
+    p.probe_succeeded(A)
+    p.failed(A)  # a relapse: benched 2 s
     clock.now += 0.1
     p.failed(B)
     clock.now += 0.1

@@ -7,6 +7,7 @@ subprocess and SIGKILLs it under load.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import threading
@@ -27,6 +28,7 @@ from ekoclient.errors import (
     InvalidArgumentError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RateLimitError,
     ServerError,
     ValidationError,
 )
@@ -442,7 +444,7 @@ def _core(**overrides: Any) -> ConsumerCore:
     settings: dict[str, Any] = {"claim_ttl": 3.0, "limit": 10, "concurrency": 2,
                                 "poll_interval": 1.0, "max_messages": None}
     settings.update(overrides)
-    return ConsumerCore(poll=lambda n: _poll("/api/queue", "q", limit=n),
+    return ConsumerCore(poll=lambda n, wait: _poll("/api/queue", "q", limit=n, wait=wait),
                         ack=lambda ids: _ack("/api/queue", "q", ids),
                         renew=lambda ids: _renew("/api/queue", "q", ids), queue="q", **settings)
 
@@ -452,12 +454,53 @@ def _limit(call: Call[Any] | None) -> Any:
     return call.params["limit"]
 
 
-def test_core_polls_only_for_free_slots_and_waits_after_a_short_answer() -> None:
-    core = _core()
-    assert _limit(core.poll_call(0.0)) == 2  # concurrency bounds the claim
+def _wait(call: Call[Any] | None) -> Any:
+    assert call is not None and call.params is not None
+    return call.params.get("wait")
+
+
+def test_core_polls_only_for_free_slots_and_long_polls_once_drained() -> None:
+    core = _core(wait=5.0)
+    first = core.poll_call(0.0)
+    assert _limit(first) == 2 and _wait(first) is None  # concurrency bounds the claim
+    assert core.poll_call(0.0) is None  # one poll in flight at a time
     core.polled([Message(id="a", payload=1)], 0.0)
-    assert core.poll_call(0.5) is None  # short answer: wait poll_interval
-    assert _limit(core.poll_call(1.0)) == 1
+    held = core.poll_call(0.0)  # short answer: drained, so a long poll, sent at once
+    assert _limit(held) == 1 and _wait(held) == 5.0
+    core.polled([], 5.0)  # the server held it 5 s: hold the next one at once too
+    assert _wait(core.poll_call(5.0)) == 5.0
+
+
+def test_core_backs_off_when_idle_polls_come_back_at_once() -> None:
+    """Without long polls (wait=0), or from a server that answers them at once, an idle
+    worker's polls thin out, doubling up to 30 s: two idle workers no longer spend a key's
+    rate limit by themselves."""
+    core = _core(wait=0.0, concurrency=1)
+    times = []
+    now = 0.0
+    for _ in range(8):
+        call = None
+        while call is None:
+            call = core.poll_call(now)
+            now += 0.25 if call is None else 0.0
+        times.append(now)
+        core.polled([], now)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    fake = _core(wait=5.0, concurrency=1)  # long polls asked for, answered at once
+    fake.poll_call(0.0)
+    fake.polled([], 0.0)
+    fake.poll_call(0.0)
+    fake.polled([], 0.1)
+    assert fake.poll_call(0.5) is None and fake.poll_call(1.1) is not None
+
+
+def test_core_waits_out_a_429_as_the_server_asks() -> None:
+    core = _core()
+    core.poll_call(0.0)
+    core.poll_failed(RateLimitError("slow down", status=429, code="rate_limited",
+                                    request_id=None, retry_after=7.0), 0.0)
+    assert core.poll_call(6.9) is None and core.poll_call(7.0) is not None
 
 
 def test_core_renews_running_messages_every_third_of_the_ttl() -> None:
@@ -485,6 +528,7 @@ def test_core_stops_after_max_messages_and_raises_fatal_poll_errors() -> None:
     core.finished("a", RuntimeError("x"))
     assert core.poll_call(5.0) is None and core.done
     other = _core()
+    other.poll_call(0.0)
     other.poll_failed(ServerError("down", status=503, code="x", request_id=None), 0.0)
     assert other.poll_call(0.5) is None  # transient: try again after poll_interval
     with pytest.raises(PermissionDeniedError):

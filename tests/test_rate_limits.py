@@ -56,18 +56,23 @@ def test_exhausted_key_raises_rate_limit_error_with_figures(ekodb_server: Server
     assert key not in str(err)
 
 
-def test_retry_waits_for_retry_after_then_succeeds(ekodb_server_factory: Any) -> None:
+def test_retry_waits_for_retry_after_then_succeeds(ekodb_server_factory: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     info = ekodb_server_factory(rate_limit_window=3.0)
     key = make_key(info, rate_limit=3)  # one more every second; the exchange is the first
     statuses, hook = counting_hook()
     with Client(base_url=info.url, api_key=key, ca_bundle=info.ca_bundle,
-                event_hooks={"response": [hook]}) as client:
+                event_hooks={"response": [hook]}) as client, \
+            caplog.at_level("WARNING", logger="ekoclient"):
         client.admin.permissions()
         client.admin.permissions()
         started = time.monotonic()
         assert client.admin.permissions().key_id  # 429, wait Retry-After (1 s), success
         assert time.monotonic() - started >= 0.9
     assert statuses.count(429) == 1
+    waits = [r for r in caplog.records if "answered 429" in r.getMessage()]
+    assert [r.levelname for r in waits] == ["WARNING"]  # a wait the caller should know of
+    assert key not in caplog.text
 
 
 def test_figures_are_per_credential_and_on_the_client(ekodb_server: ServerInfo, admin: Client

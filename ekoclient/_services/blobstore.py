@@ -25,6 +25,7 @@ from .._blob import (
     Blob,
     BlobData,
     Progress,
+    ProgressGate,
     UploadBody,
     metadata_from_headers,
     prepare_async,
@@ -202,24 +203,27 @@ class BlobStore(Service[E]):
     @overload
     def put(self: BlobStore[SyncExecutor], table: str, blob_id: str, data: BlobData, *,
             content_type: str | None = None, attributes: Mapping[str, Any] | None = None,
+            progress: Progress | None = None,
             idempotency_key: str | None = None) -> BlobMetadata: ...
     @overload
     def put(self: BlobStore[AsyncExecutor], table: str, blob_id: str, data: BlobData, *,
             content_type: str | None = None, attributes: Mapping[str, Any] | None = None,
+            progress: Progress | None = None,
             idempotency_key: str | None = None) -> Awaitable[BlobMetadata]: ...
 
     def put(self, table: str, blob_id: str, data: BlobData, *,
             content_type: str | None = None, attributes: Mapping[str, Any] | None = None,
-            idempotency_key: str | None = None) -> Any:
+            progress: Progress | None = None, idempotency_key: str | None = None) -> Any:
         """Store ``data`` (bytes, a binary file, or an iterator of bytes) under ``blob_id``.
 
         Replaces an existing blob atomically: readers see the old or the new bytes.
+        ``progress(bytes_sent, total)`` as for ``upload_file`` (total None for an iterator).
         """
         _blob_path(table, blob_id)  # refuse bad names before touching the data
         key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
         if self._executor.is_async:
-            return self._aput(table, blob_id, data, content_type, attributes, None, key)
-        return self._sput(table, blob_id, data, content_type, attributes, None, key)
+            return self._aput(table, blob_id, data, content_type, attributes, progress, key)
+        return self._sput(table, blob_id, data, content_type, attributes, progress, key)
 
     def _sput(self, table: str, blob_id: str, data: BlobData, content_type: str | None,
               attributes: Mapping[str, Any] | None, progress: Progress | None,
@@ -275,7 +279,8 @@ class BlobStore(Service[E]):
                     content_type: str | None = None,
                     attributes: Mapping[str, Any] | None = None,
                     progress: Progress | None = None) -> Any:
-        """Upload a file, streamed; ``progress(bytes_sent, total)`` after each MiB.
+        """Upload a file, streamed; ``progress(bytes_sent, total)`` at the start, every MiB
+        or 1 % (whichever is larger) and at the end.
 
         The content type defaults to a guess from the file name. On a retry the file is
         sent again from the start, so progress may go back to 0.
@@ -317,15 +322,15 @@ class BlobStore(Service[E]):
         blob: Blob = self._sync().execute(_get(table, blob_id, None, Blob), self._credential)
         with blob:
             total, done = blob.metadata.length, 0
+            gate = ProgressGate(progress, total)
             try:
                 with open(tmp, "wb") as f:
-                    if progress is not None:
-                        progress(0, total)
+                    gate(0)
                     for chunk in blob.iter_bytes():
                         f.write(chunk)
                         done += len(chunk)
-                        if progress is not None:
-                            progress(done, total)
+                        gate(done)
+                    gate.finish(done)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, target)
@@ -341,11 +346,11 @@ class BlobStore(Service[E]):
                                                       self._credential)
         async with blob:
             total, done = blob.metadata.length, 0
+            gate = ProgressGate(progress, total)
             f: BinaryIO = await asyncio.to_thread(open, tmp, "wb")
             try:
                 try:
-                    if progress is not None:
-                        progress(0, total)
+                    gate(0)
                     pending = bytearray()
                     async for chunk in blob.aiter_bytes():
                         pending += chunk
@@ -353,12 +358,10 @@ class BlobStore(Service[E]):
                             await asyncio.to_thread(f.write, bytes(pending))
                             done += len(pending)
                             pending.clear()
-                            if progress is not None:
-                                progress(done, total)
+                            gate(done)
                     await asyncio.to_thread(f.write, bytes(pending))
                     done += len(pending)
-                    if progress is not None and pending:
-                        progress(done, total)
+                    gate.finish(done)
                     await asyncio.to_thread(_flush_and_sync, f)
                 finally:
                     await asyncio.to_thread(f.close)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 from typing_extensions import Unpack
@@ -14,7 +14,10 @@ from .._http import Response
 from .._service import E, Service, WriteOptions, endpoint
 from .._stream import stream_settings, streaming
 from ..errors import InvalidArgumentError
-from ..models import Event, PollResult, Subscription
+from ..models import AckResult, Event, PollResult, RenewResult, Subscription
+from .queue import consumer
+
+T = TypeVar("T")
 
 _EVENTS = TypeAdapter(list[Event])
 _SUBS = TypeAdapter(list[Subscription])
@@ -67,12 +70,18 @@ def _list_subscriptions() -> Call[list[Subscription]]:
 
 
 def _poll(name: str, *, claim_ttl: float = 30, limit: int = 10,
+          wait: float | None = None,
           **write: Unpack[WriteOptions]) -> Call[PollResult]:
     """Claim up to ``limit`` events for ``claim_ttl`` seconds; ack them before it ends or they
-    come back. ``has_more`` says to poll again at once."""
+    come back. ``has_more`` says to poll again at once. ``wait`` (at most 20 s): a long poll,
+    held by the service until an event arrives or the wait ends."""
+    params: dict[str, str | int | float | bool] = {"claim_ttl": claim_ttl, "limit": limit}
+    if wait:
+        params["wait"] = wait
+    # a held poll carries no Idempotency-Key (read_only): see mock_server.middleware
     return json_call("POST", _path(name, "/poll"),
-                     lambda r: PollResult.model_validate_json(r.content),
-                     params={"claim_ttl": claim_ttl, "limit": limit})
+                     lambda r: PollResult.model_validate_json(r.content), params=params,
+                     read_only=bool(wait))
 
 
 def _ack(name: str, event_keys: Iterable[str], **write: Unpack[WriteOptions]) -> Call[list[str]]:
@@ -100,6 +109,42 @@ def _size(name: str) -> Call[int]:
     return json_call("GET", _path(name, "/size"), lambda r: int(r.json()["size"]))
 
 
+def _reparse(call: Call[Any], parse: Callable[[Response], T]) -> Call[T]:
+    """The same request, read another way."""
+    return Call(call.method, call.path, parse, params=call.params, content=call.content,
+                headers=call.headers, read_only=call.read_only)
+
+
+def _bus_calls(obj: Any, name: str, claim_ttl: float) -> Any:
+    """poll/ack/renew shaped for the consume loop (AckResult/RenewResult, like a queue)."""
+
+    def poll(limit: int, wait: float) -> Call[list[Event]]:
+        call = _poll(name, claim_ttl=claim_ttl, limit=limit, wait=wait)
+        return _reparse(call, lambda r: call.parse(r).events)
+
+    def ack(keys: list[str]) -> Call[AckResult]:
+        call = _ack(name, keys)
+
+        def parse(r: Response) -> AckResult:
+            done = call.parse(r)
+            return AckResult(acked=done, stale=[k for k in keys if k not in set(done)])
+        return _reparse(call, parse)
+
+    def renew(keys: list[str]) -> Call[RenewResult]:
+        call = _renew(name, keys, claim_ttl=claim_ttl)
+
+        def parse(r: Response) -> RenewResult:
+            done = call.parse(r)
+            return RenewResult(renewed=done, stale=[k for k in keys if k not in set(done)])
+        return _reparse(call, parse)
+
+    return poll, ack, renew
+
+
+def _event_key(event: Event) -> str:
+    return event.key
+
+
 class DataBus(Service[E]):
     """Change subscriptions: ``poll``/``ack``/``renew`` with claims, or ``stream`` (WSS push)."""
 
@@ -115,3 +160,4 @@ class DataBus(Service[E]):
     peek = endpoint(_peek)
     size = endpoint(_size)
     stream = streaming(stream_settings)
+    consume = consumer[Event](_bus_calls, _event_key, "subscription")

@@ -1,11 +1,18 @@
-"""Collections and records (SPEC §3 DataStore, wire format §4.3)."""
+"""Collections and records (SPEC §3 DataStore, wire format §4.3).
+
+Paging: ``find`` returns one list (at most :data:`MAX_PAGE` records; a bigger ``limit`` is
+refused here, before sending). ``find_page`` adds ``has_more`` and a keyset ``next_cursor``
+(the server sends them as ``X-Has-More``/``X-Next-Cursor`` beside ekoDB's plain array), and
+``iter_find`` follows the cursors, so records deleted or inserted meanwhile never make it
+skip one that still matches (offset paging does).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import Unpack
@@ -17,14 +24,17 @@ from .._filters import Filter, filter_wire
 from .._http import Response
 from .._paging import Pager, paged
 from .._service import E, Service, WriteOptions, endpoint
-from ..errors import InvalidArgumentError
-from ..models import BatchResult, SearchHit
+from ..errors import InvalidArgumentError, MalformedResponseError
+from ..models import BatchResult, Page, SearchHit
 from . import actions as _actions
 
 if TYPE_CHECKING:
     from .transaction import Transaction
 
 M = TypeVar("M", bound=BaseModel)
+
+#: The most records the service returns for one find (its ``limit`` cap).
+MAX_PAGE = 1000
 
 FilterArg = Filter | Mapping[str, Any] | None
 SortArg = Sequence[tuple[str, bool] | Mapping[str, Any] | str] | None
@@ -169,14 +179,29 @@ def _get(
     return json_call("GET", path, _as_model(model, _record), params=params or None)
 
 
+def _check_limit(limit: int | None, what: str = "limit") -> None:
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgumentError(f"{what} must be a positive integer, got {limit!r}")
+    if limit > MAX_PAGE:
+        raise InvalidArgumentError(
+            f"{what}={limit} is more than the service returns in one page ({MAX_PAGE}); "
+            f"use iter_find(...) for every record, or find_page(...) and its next_cursor")
+
+
 def _find_body(filter: FilterArg, sort: SortArg, limit: int | None, skip: int | None,
-               select_fields: Iterable[str] | None, exclude_fields: Iterable[str] | None
-               ) -> dict[str, Any]:
+               select_fields: Iterable[str] | None, exclude_fields: Iterable[str] | None,
+               cursor: str | None = None) -> dict[str, Any]:
+    _check_limit(limit)
+    if cursor is not None and not isinstance(cursor, str):
+        raise InvalidArgumentError("cursor takes the next_cursor string of a previous page")
     body = {
         "filter": filter_wire(filter),
         "sort": _sort(sort),
         "limit": limit,
         "skip": skip,
+        "cursor": cursor,
         "select_fields": _fields(select_fields, "select_fields"),
         "exclude_fields": _fields(exclude_fields, "exclude_fields"),
     }
@@ -194,10 +219,81 @@ def _find(
     exclude_fields: Iterable[str] | None = None,
     model: type[BaseModel] | None = None,
 ) -> Call[Any]:
-    """Records matching ``filter`` (one page: the service caps ``limit``)."""
+    """Records matching ``filter``: one page, ``limit`` records at most (default 100, at
+    most 1,000). It does not say whether more match: use ``find_page`` or ``iter_find``."""
     body = _find_body(filter, sort, limit, skip, select_fields, exclude_fields)
     return json_call("POST", f"/api/find/{segment(collection, 'collection')}",
                      _as_model(model, _records), body, read_only=True)
+
+
+def _page_of(parse: Any, limit: int) -> Any:
+    def read(response: Response) -> Page[Any]:
+        items = parse(response)
+        more = response.headers.get("x-has-more")
+        if more is None:  # a server without cursors: say what is known, offer no cursor
+            return Page(items, len(items) >= limit, None)
+        cursor = response.headers.get("x-next-cursor")
+        if more == "true" and not cursor:
+            raise MalformedResponseError("the service said more records match but sent no "
+                                         "X-Next-Cursor")
+        return Page(items, more == "true", cursor if more == "true" else None)
+    return read
+
+
+def _find_page(
+    collection: str,
+    filter: FilterArg = None,
+    *,
+    sort: SortArg = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    select_fields: Iterable[str] | None = None,
+    exclude_fields: Iterable[str] | None = None,
+    model: type[BaseModel] | None = None,
+) -> Call[Page[Any]]:
+    """One page of matching records (``limit``: default 100, at most 1,000) as a
+    :class:`~ekoclient.models.Page`; pass its ``next_cursor`` as ``cursor`` (same filter and
+    sort) for the next. Keyset paging: stable while records are inserted and deleted."""
+    body = _find_body(filter, sort, limit, None, select_fields, exclude_fields, cursor)
+    return json_call("POST", f"/api/find/{segment(collection, 'collection')}",
+                     _page_of(_as_model(model, _records), limit or 100), body, read_only=True)
+
+
+class _CursorPager(Pager[Any]):
+    """Follows ``next_cursor`` from page to page (never an offset)."""
+
+    def __init__(self, make: Any, page_size: int, limit: int | None) -> None:
+        self._make = make
+        self._page_size = page_size
+        self._remaining = limit
+        self._cursor: str | None = None
+        self._done = False
+
+    def next_call(self) -> Call[list[Any]] | None:
+        if self._done or self._remaining == 0:
+            return None
+        size = self._page_size if self._remaining is None else min(self._page_size,
+                                                                    self._remaining)
+        call: Call[Page[Any]] = self._make(size, self._cursor)
+        parse = call.parse
+
+        def items(response: Response) -> list[Any]:
+            page = parse(response)
+            if page.has_more and page.next_cursor is None:
+                raise MalformedResponseError(
+                    "the service does not send paging cursors (X-Next-Cursor), so iter_find "
+                    "cannot continue safely; use find(..., skip=...) yourself")
+            self._cursor = page.next_cursor
+            self._done = not page.has_more
+            return page.items
+
+        return Call(call.method, call.path, items, params=call.params, content=call.content,
+                    headers=call.headers, read_only=True)
+
+    def feed(self, page: list[Any]) -> list[Any]:
+        if self._remaining is not None:
+            self._remaining -= len(page)
+        return page
 
 
 def _iter_find(
@@ -211,17 +307,21 @@ def _iter_find(
     exclude_fields: Iterable[str] | None = None,
     model: type[BaseModel] | None = None,
 ) -> Pager[Any]:
-    """Every matching record, fetched ``page_size`` at a time (up to ``limit`` in all)."""
-    if page_size < 1:
-        raise InvalidArgumentError("page_size must be at least 1")
-    path = f"/api/find/{segment(collection, 'collection')}"
-    parse = _as_model(model, _records)
+    """Every matching record (up to ``limit`` in all), fetched ``page_size`` (at most 1,000)
+    at a time by keyset cursor: a record that matches throughout is returned exactly once,
+    even while others are inserted or deleted."""
+    _check_limit(page_size, "page_size")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 0):
+        raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}")
+    segment(collection, "collection")
 
-    def page(skip: int, size: int) -> Call[list[Any]]:
-        body = _find_body(filter, sort, size, skip, select_fields, exclude_fields)
-        return json_call("POST", path, parse, body, read_only=True)
+    def make(size: int, cursor: str | None) -> Call[Page[Any]]:
+        return _find_page(collection, filter, sort=sort, limit=size, cursor=cursor,
+                          select_fields=select_fields, exclude_fields=exclude_fields,
+                          model=model)
 
-    return Pager(page, page_size=page_size, limit=limit)
+    return _CursorPager(make, page_size, limit)
 
 
 def _update(collection: str, id: str, changes: Record,
@@ -359,6 +459,104 @@ def _changes(collection: str, filter_field: str | None, filter_value: Any,
                 params=params or None, headers={"Accept": "text/event-stream"}, stream=True)
 
 
+class SyncFindPage(Protocol):
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 limit: int | None = None, cursor: str | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]) -> Page[M]: ...
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 limit: int | None = None, cursor: str | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> Page[dict[str, Any]]: ...
+
+
+class AsyncFindPage(Protocol):
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 limit: int | None = None, cursor: str | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> Awaitable[Page[M]]: ...
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 limit: int | None = None, cursor: str | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> Awaitable[Page[dict[str, Any]]]: ...
+
+
+class SyncIterFind(Protocol):
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 page_size: int = 100, limit: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> Iterator[M]: ...
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 page_size: int = 100, limit: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> Iterator[dict[str, Any]]: ...
+
+
+class AsyncIterFind(Protocol):
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 page_size: int = 100, limit: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: type[M]
+                 ) -> AsyncIterator[M]: ...
+    @overload
+    def __call__(self, collection: str, filter: FilterArg = None, *, sort: SortArg = None,
+                 page_size: int = 100, limit: int | None = None,
+                 select_fields: Iterable[str] | None = None,
+                 exclude_fields: Iterable[str] | None = None, model: None = None
+                 ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class _find_page_method:
+    """``find_page``, typed by ``model=`` for sync and async clients alike."""
+
+    def __init__(self) -> None:
+        self._endpoint = endpoint(_find_page)
+        self.__doc__ = _find_page.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._endpoint.__set_name__(owner, name)
+
+    @overload
+    def __get__(self, obj: None, owner: Any) -> _find_page_method: ...
+    @overload
+    def __get__(self, obj: Service[SyncExecutor], owner: Any) -> SyncFindPage: ...
+    @overload
+    def __get__(self, obj: Service[AsyncExecutor], owner: Any) -> AsyncFindPage: ...
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else self._endpoint.__get__(obj, owner)
+
+
+class _iter_find_method:
+    """``iter_find``, typed by ``model=`` for sync and async clients alike."""
+
+    def __init__(self) -> None:
+        self._paged = paged(_iter_find)
+        self.__doc__ = _iter_find.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: Any) -> _iter_find_method: ...
+    @overload
+    def __get__(self, obj: Service[SyncExecutor], owner: Any) -> SyncIterFind: ...
+    @overload
+    def __get__(self, obj: Service[AsyncExecutor], owner: Any) -> AsyncIterFind: ...
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else self._paged.__get__(obj, owner)
+
+
 class DataStore(Service[E]):
     """Collections of JSON records, with the calling key's field rules applied by the service."""
 
@@ -368,7 +566,8 @@ class DataStore(Service[E]):
     drop_collection = endpoint(_drop_collection)
     list_collections = endpoint(_list_collections)
     insert = endpoint(_insert)
-    iter_find = paged(_iter_find)
+    find_page = _find_page_method()
+    iter_find = _iter_find_method()
     update = endpoint(_update)
     delete = endpoint(_delete)
     batch_insert = endpoint(_batch_insert)

@@ -18,7 +18,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import TypeAdapter
 from typing_extensions import Unpack
@@ -78,12 +78,17 @@ def _send_batch(prefix: str, queue: str, messages: Iterable[Any],
 
 
 def _poll(prefix: str, queue: str, *, claim_ttl: float = 30, limit: int = 10,
-          **write: Unpack[WriteOptions]
-          ) -> Call[list[Message]]:
+          wait: float | None = None,
+          **write: Unpack[WriteOptions]) -> Call[list[Message]]:
     """Claim up to ``limit`` messages for ``claim_ttl`` seconds; ack them before the claim
-    ends or they are delivered again."""
-    return json_call("POST", _path(prefix, queue, "/poll"), _messages,
-                     params={"claim_ttl": claim_ttl, "limit": limit})
+    ends or they are delivered again. ``wait`` (at most 20 s): a long poll, held by the
+    service until a message arrives or the wait ends, instead of answering ``[]`` at once."""
+    params: dict[str, str | int | float | bool] = {"claim_ttl": claim_ttl, "limit": limit}
+    if wait:
+        params["wait"] = wait
+    # a held poll carries no Idempotency-Key (read_only): see mock_server.middleware
+    return json_call("POST", _path(prefix, queue, "/poll"), _messages, params=params,
+                     read_only=bool(wait))
 
 
 def _ack(prefix: str, queue: str, ids: Iterable[str | Message],
@@ -150,74 +155,108 @@ class prefixed(endpoint[P, T]):
         return functools.partial(self._build, obj.prefix)
 
 
-class SyncConsume(Protocol):
-    def __call__(self, queue: str, handler: Callable[[Message], object], *,
+H = TypeVar("H")
+H_co = TypeVar("H_co", covariant=True)
+
+
+class SyncConsume(Protocol[H_co]):
+    def __call__(self, queue: str, handler: Callable[[H_co], object], *,
                  claim_ttl: float = 30, limit: int = 10, concurrency: int = 1,
                  stop_event: threading.Event | None = None, poll_interval: float = 1.0,
-                 max_messages: int | None = None) -> ConsumeStats: ...
+                 max_messages: int | None = None, wait: float = 5.0) -> ConsumeStats: ...
 
 
-class AsyncConsume(Protocol):
-    def __call__(self, queue: str, handler: Callable[[Message], Any], *,
+class AsyncConsume(Protocol[H_co]):
+    def __call__(self, queue: str, handler: Callable[[H_co], Any], *,
                  claim_ttl: float = 30, limit: int = 10, concurrency: int = 1,
                  stop_event: asyncio.Event | None = None, poll_interval: float = 1.0,
-                 max_messages: int | None = None) -> Awaitable[ConsumeStats]: ...
+                 max_messages: int | None = None, wait: float = 5.0
+                 ) -> Awaitable[ConsumeStats]: ...
 
 
-class _consume:
-    """``consume(queue, handler, ...)``: poll, run ``handler`` per message (``concurrency``
-    at a time) while renewing its claim every ``claim_ttl / 3`` s, ack on success, leave
-    the claim to expire on failure (logged). Ends when ``stop_event`` is set (after the
-    running handlers finish) or after ``max_messages``; returns :class:`ConsumeStats`.
-    Handlers on the async client may be coroutine functions; plain ones run in a thread."""
+class ConsumeCalls(Protocol):
+    """How one service polls, acks and renews for :class:`consumer` (name bound)."""
+
+    def __call__(self, obj: Any, name: str, claim_ttl: float
+                 ) -> tuple[Callable[[int, float], Call[list[Any]]],
+                            Callable[[list[str]], Call[AckResult]],
+                            Callable[[list[str]], Call[RenewResult]]]: ...
+
+
+class consumer(Generic[H]):
+    """``consume(name, handler, ...)``: poll, run ``handler`` per item (``concurrency`` at a
+    time) while renewing its claim every ``claim_ttl / 3`` s, ack on success, leave the claim
+    to expire on failure (logged). Idle, it long-polls (``wait`` seconds, one request per
+    wait) and backs off when polls fail. Ends when ``stop_event`` is set (after the running
+    handlers finish) or after ``max_messages``; returns :class:`ConsumeStats`. Handlers on
+    the async client may be coroutine functions; plain ones run in a thread."""
+
+    def __init__(self, calls: ConsumeCalls, ident: Callable[[H], str], what: str) -> None:
+        self._calls = calls
+        self._ident = ident
+        self._what = what
 
     @overload
-    def __get__(self, obj: None, owner: Any) -> _consume: ...
+    def __get__(self, obj: None, owner: Any) -> consumer[H]: ...
     @overload
-    def __get__(self, obj: Service[SyncExecutor], owner: Any) -> SyncConsume: ...
+    def __get__(self, obj: Service[SyncExecutor], owner: Any) -> SyncConsume[H]: ...
     @overload
-    def __get__(self, obj: Service[AsyncExecutor], owner: Any) -> AsyncConsume: ...
+    def __get__(self, obj: Service[AsyncExecutor], owner: Any) -> AsyncConsume[H]: ...
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:
         if obj is None:
             return self
-        prefix, executor, credential = obj.prefix, obj._executor, obj._credential
+        executor, credential = obj._executor, obj._credential
+        calls, ident, what = self._calls, self._ident, self._what
 
-        def core(queue: str, claim_ttl: float, limit: int, concurrency: int,
-                 poll_interval: float, max_messages: int | None) -> ConsumerCore:
-            segment(queue, "queue")
+        def core(name: str, claim_ttl: float, limit: int, concurrency: int,
+                 poll_interval: float, max_messages: int | None, wait: float
+                 ) -> ConsumerCore:
+            segment(name, what)
+            poll, ack, renew = calls(obj, name, claim_ttl)
             return ConsumerCore(
-                poll=lambda n: _poll(prefix, queue, claim_ttl=claim_ttl, limit=n),
-                ack=lambda ids: _ack(prefix, queue, ids),
-                renew=lambda ids: _renew(prefix, queue, ids, claim_ttl=claim_ttl),
-                queue=queue, claim_ttl=claim_ttl, limit=limit, concurrency=concurrency,
-                poll_interval=poll_interval, max_messages=max_messages)
+                poll=poll, ack=ack, renew=renew, queue=name, claim_ttl=claim_ttl, limit=limit,
+                concurrency=concurrency, poll_interval=poll_interval,
+                max_messages=max_messages, wait=wait, ident=ident, what=what)
 
         def run(call: Call[Any]) -> Any:
             return executor.execute(call, credential)
 
         if executor.is_async:
-            async def aconsume(queue: str, handler: Callable[[Message], Any], *,
+            async def aconsume(name: str, handler: Callable[[H], Any], *,
                                claim_ttl: float = 30, limit: int = 10, concurrency: int = 1,
                                stop_event: asyncio.Event | None = None,
                                poll_interval: float = 1.0,
-                               max_messages: int | None = None) -> ConsumeStats:
-                made = core(queue, claim_ttl, limit, concurrency, poll_interval, max_messages)
+                               max_messages: int | None = None,
+                               wait: float = 5.0) -> ConsumeStats:
+                made = core(name, claim_ttl, limit, concurrency, poll_interval, max_messages,
+                            wait)
                 return await run_async(made, run, handler, stop_event)
 
             aconsume.__doc__ = self.__doc__
             aconsume.__name__ = aconsume.__qualname__ = "consume"
             return aconsume
 
-        def consume(queue: str, handler: Callable[[Message], object], *,
+        def consume(name: str, handler: Callable[[H], object], *,
                     claim_ttl: float = 30, limit: int = 10, concurrency: int = 1,
                     stop_event: threading.Event | None = None, poll_interval: float = 1.0,
-                    max_messages: int | None = None) -> ConsumeStats:
-            made = core(queue, claim_ttl, limit, concurrency, poll_interval, max_messages)
+                    max_messages: int | None = None, wait: float = 5.0) -> ConsumeStats:
+            made = core(name, claim_ttl, limit, concurrency, poll_interval, max_messages, wait)
             return run_sync(made, run, handler, stop_event)
 
         consume.__doc__ = self.__doc__
         return consume
+
+
+def _queue_calls(obj: Any, name: str, claim_ttl: float) -> Any:
+    prefix = obj.prefix
+    return (lambda n, wait: _poll(prefix, name, claim_ttl=claim_ttl, limit=n, wait=wait),
+            lambda ids: _ack(prefix, name, ids),
+            lambda ids: _renew(prefix, name, ids, claim_ttl=claim_ttl))
+
+
+def _message_id(message: Message) -> str:
+    return message.id
 
 
 class _QueueService(Service[E]):
@@ -237,7 +276,7 @@ class _QueueService(Service[E]):
     unclaim_all = prefixed(_unclaim_all)
     purge = prefixed(_purge)
     move = prefixed(_move)
-    consume = _consume()
+    consume = consumer[Message](_queue_calls, _message_id, "queue")
 
 
 class Queue(_QueueService[E]):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.http_json import openapi_body
+from mock_server.longpoll import MAX_WAIT, long_poll
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 
 router = APIRouter()
@@ -65,11 +66,20 @@ def get_subscription(name: Name, principal: CurrentPrincipal, state: State) -> d
 
 
 @router.post("/api/bus/subscriptions/{name}/poll", response_model=None)
-def poll(name: Name, principal: CurrentPrincipal, state: State,
-         claim_ttl: Annotated[float, Query(gt=0, le=86400)] = 30,
-         limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
-    events, more = state.bus.poll(principal.key_id, principal.scope, name,
-                                  claim_ttl=claim_ttl, limit=limit)
+async def poll(name: Name, principal: CurrentPrincipal, state: State,
+               claim_ttl: Annotated[float, Query(gt=0, le=86400)] = 30,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+               wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> dict[str, Any]:
+    """``wait`` (≤ 20 s) holds an empty poll until an event arrives or the wait ends."""
+    def fetch() -> Any:
+        return run_in_threadpool(state.bus.poll, principal.key_id, principal.scope, name,
+                                 claim_ttl=claim_ttl, limit=limit)
+
+    got: tuple[list[dict[str, Any]], bool] = (
+        await long_poll(fetch, lambda r: not r[0], state.bus.add_waiter, wait,
+                        state.poll_wakeups) if wait
+        else await fetch())
+    events, more = got
     return {"events": events, "has_more": more}
 
 

@@ -7,8 +7,9 @@
 | DELETE | ``/api/collections/{c}`` | admin | → ``{"dropped": c}`` |
 | POST | ``/api/insert/{c}?ttl`` | write | record (a ``ttl`` key: its expiry) → stored record |
 | GET | ``/api/find/{c}/{id}?select_fields&exclude_fields`` | read | → record (projected) |
-| POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, select_fields,
-exclude_fields}`` → ``[records]`` |
+| POST | ``/api/find/{c}`` | read | ``{filter, sort, limit, skip, cursor, select_fields,
+exclude_fields}`` → ``[records]``; headers ``X-Has-More: true|false`` and, when true,
+``X-Next-Cursor`` (send it back as ``cursor`` for the next page) |
 | PUT | ``/api/update/{c}/{id}`` | write | changes (deep merge) → whole record (projected) |
 | DELETE | ``/api/delete/{c}/{id}`` | delete | → ``{"deleted": id}`` |
 | POST | ``/api/batch/insert/{c}`` | write | ``{"inserts": [{"data"}]}`` → ``{"successful",
@@ -26,6 +27,9 @@ Every record route joins a client transaction with ``?transaction_id=`` (and the
 batch bodies with a top-level ``"transaction_id"`` field, ``null`` meaning none); the
 operation then runs through :meth:`mock_server.transactions.Transactions.within`.
 ``POST /api/collections/{c}`` takes an optional ekoDB schema body (``{"fields": ...}``).
+
+Find keeps answering a plain array (ekoDB's shape); paging facts ride in headers, so clients
+that ignore them see no change.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
-from mock_server.datastore import MAX_BATCH, split_fields
+from mock_server.datastore import MAX_BATCH, FindPage, split_fields
 from mock_server.errors import bad_request
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
 from mock_server.routes.compat import client_options
@@ -61,6 +65,7 @@ class _FindDoc(BaseModel):
     sort: list[dict[str, Any]] | None = None
     limit: int | None = Field(default=None, ge=1, le=1000)
     skip: int | None = Field(default=None, ge=0)
+    cursor: str | None = Field(default=None, max_length=4096)
     select_fields: list[str] | None = None
     exclude_fields: list[str] | None = None
     # sent by the official ekoDB client (mock_server.compat)
@@ -180,11 +185,17 @@ def get(collection: str, record_id: str, principal: CurrentPrincipal, state: Sta
 
 
 @router.post("/api/find/{collection}", openapi_extra=openapi_body(_FindDoc))
-async def find(collection: str, request: Request, principal: CurrentPrincipal,
-               state: State, transaction_id: TxId = None) -> list[dict[str, Any]]:
+async def find(collection: str, request: Request, response: Response,
+               principal: CurrentPrincipal, state: State,
+               transaction_id: TxId = None) -> list[dict[str, Any]]:
     body = await _body(request)
     txid = _tx_of(transaction_id, body)
-    return await _run(_in, state, principal, txid, state.datastore.find, collection, body)
+    page: FindPage = await _run(_in, state, principal, txid, state.datastore.find_page,
+                                collection, body)
+    response.headers["X-Has-More"] = "true" if page.has_more else "false"
+    if page.next_cursor is not None:
+        response.headers["X-Next-Cursor"] = page.next_cursor
+    return page.records
 
 
 @router.put("/api/update/{collection}/{record_id}", openapi_extra=_RECORD_DOC)

@@ -7,7 +7,8 @@ router is built once per kind.
 |---|---|---|---|
 | POST | ``/{q}/send`` | write | any JSON value → ``{"id"}`` |
 | POST | ``/{q}/sendbatch`` | write | JSON list (≤ 1000) → ``{"ids"}`` |
-| POST | ``/{q}/poll?claim_ttl&limit`` | write | → ``[{"id", "payload"}]`` (claimed) |
+| POST | ``/{q}/poll?claim_ttl&limit&wait`` | write | → ``[{"id", "payload"}]`` (claimed);
+``wait`` (≤ 20 s) holds an empty poll until a message arrives or the wait ends |
 | POST | ``/{q}/renew`` | write | ``{"ids", "claim_ttl"}`` → ``{"renewed", "stale"}`` |
 | POST | ``/{q}/ack`` | write | ``{"ids"}`` → ``{"acked", "stale"}`` |
 | GET | ``/{q}/peek?limit`` | read | → ``[{"id", "payload"}]`` (claims nothing) |
@@ -29,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.longpoll import MAX_WAIT, long_poll
 from mock_server.queues import MAX_CLAIM_TTL, MAX_IDS, MAX_POLL, Kind, Queues
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.state import AppState
@@ -36,6 +38,7 @@ from mock_server.state import AppState
 Name = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 ClaimTtl = Annotated[float, Query(gt=0, le=MAX_CLAIM_TTL)]
 Limit = Annotated[int, Query(ge=1, le=MAX_POLL)]
+Wait = Annotated[float, Query(ge=0, le=MAX_WAIT)]
 
 
 class IdsRequest(BaseModel):
@@ -76,6 +79,7 @@ def build_router(kind: Kind) -> APIRouter:
              ) -> dict[str, Any]:
         moved = _queues(state).move(principal.scope, kind, source, dest)
         _audit(state, principal, f"{kind}.moved", f"{kind}:{source}", to=dest, moved=moved)
+        state.poll_wakeups.wake(f"{kind}:{dest}")
         return {"moved": moved}
 
     @router.post("/{name}/send", openapi_extra=body_doc)
@@ -84,6 +88,7 @@ def build_router(kind: Kind) -> APIRouter:
         message = await _raw_json(request)
         msg_id = await run_in_threadpool(_queues(state).send, principal.scope, kind, name,
                                          message)
+        state.poll_wakeups.wake(f"{kind}:{name}")
         return {"id": msg_id}
 
     @router.post("/{name}/sendbatch", openapi_extra=body_doc)
@@ -92,13 +97,24 @@ def build_router(kind: Kind) -> APIRouter:
         messages = await _raw_json(request)
         ids = await run_in_threadpool(_queues(state).send_batch, principal.scope, kind, name,
                                       messages)
+        state.poll_wakeups.wake(f"{kind}:{name}")
         return {"ids": ids}
 
     @router.post("/{name}/poll", response_model=None)
-    def poll(name: Name, principal: CurrentPrincipal, state: State,
-             claim_ttl: ClaimTtl = 30, limit: Limit = 10) -> list[dict[str, Any]]:
-        return _queues(state).poll(principal.scope, kind, name, claim_ttl=claim_ttl,
-                                   limit=limit)
+    async def poll(name: Name, principal: CurrentPrincipal, state: State,
+                   claim_ttl: ClaimTtl = 30, limit: Limit = 10,
+                   wait: Wait = 0) -> list[dict[str, Any]]:
+        def fetch() -> Any:
+            return run_in_threadpool(_queues(state).poll, principal.scope, kind, name,
+                                     claim_ttl=claim_ttl, limit=limit)
+
+        if not wait:
+            messages: list[dict[str, Any]] = await fetch()
+            return messages
+        return await long_poll(
+            fetch, lambda got: not got,
+            lambda waiter: state.poll_wakeups.add(f"{kind}:{name}", waiter), wait,
+            state.poll_wakeups)
 
     @router.post("/{name}/renew", openapi_extra=openapi_body(RenewRequest))
     async def renew(name: Name, request: Request, principal: CurrentPrincipal,
@@ -110,6 +126,8 @@ def build_router(kind: Kind) -> APIRouter:
                                         claim_ttl=body.claim_ttl)
 
         renewed, stale = await run_in_threadpool(run)
+        if body.claim_ttl == 0:  # given back: a held poll may take them now
+            state.poll_wakeups.wake(f"{kind}:{name}")
         return {"renewed": renewed, "stale": stale}
 
     @router.post("/{name}/ack", openapi_extra=openapi_body(IdsRequest))
@@ -137,6 +155,7 @@ def build_router(kind: Kind) -> APIRouter:
     def unclaim_all(name: Name, principal: CurrentPrincipal, state: State) -> dict[str, int]:
         count = _queues(state).unclaim_all(principal.scope, kind, name)
         _audit(state, principal, f"{kind}.unclaimed_all", f"{kind}:{name}", unclaimed=count)
+        state.poll_wakeups.wake(f"{kind}:{name}")
         return {"unclaimed": count}
 
     @router.delete("/{name}", response_model=None)

@@ -1,10 +1,12 @@
 """``wss://…/api/ws``: DataBus events pushed over a WebSocket (SPEC §4.4).
 
 Protocol (JSON text frames). Client → server: ``{"op":"subscribe","subscription":n,
-"claim_ttl"?:s}``, ``{"op":"ack","keys":[…]}``, ``{"op":"ping"}``. Server → client:
-``subscribed``, ``event`` (``{"subscription","event"}``), ``acked`` (``{"keys"}``, only the
-keys that were this connection's), ``pong``, ``heartbeat`` every HEARTBEAT s, and
-``error`` (``{"code","message","request"?,"subscription"?}``).
+"claim_ttl"?:s}``, ``{"op":"ack","keys":[…]}``, ``{"op":"nack","keys":[…]}`` (give events
+back unprocessed: their claim ends now and they are offered again, on this socket too),
+``{"op":"ping"}``. Server → client: ``subscribed``, ``event`` (``{"subscription","event"}``),
+``acked`` / ``nacked`` (``{"keys"}``, only the keys that were this connection's), ``pong``,
+``heartbeat`` every HEARTBEAT s, and ``error`` (``{"code","message","request"?,
+"subscription"?}``).
 
 Pushed events are claimed for ``claim_ttl`` in the database, so nothing is delivered twice
 while unacked; when the socket closes its claims are released at once, so a reconnecting
@@ -128,9 +130,11 @@ class _Session:
             await self.subscribe(frame)
         elif op == "ack":
             await self.ack(frame)
+        elif op == "nack":
+            await self.nack(frame)
         else:
             await self.error("bad_request", f"unknown op {op[:32]!r}; expected subscribe, "
-                             "ack or ping")
+                             "ack, nack or ping")
 
     async def subscribe(self, frame: dict[str, Any]) -> None:
         name = frame.get("subscription")
@@ -170,12 +174,31 @@ class _Session:
         await self.send({"op": "acked", "keys": done})
         self.wake.set()
 
+    async def nack(self, frame: dict[str, Any]) -> None:
+        keys = frame.get("keys")
+        if not self.subs:
+            await self.error("bad_request", "nack before subscribe", request="nack")
+            return
+        done: list[str] = []
+        for name in list(self.subs):
+            try:
+                done += await run_in_threadpool(self.state.bus.release_keys,
+                                                self.principal.key_id, self.principal.scope,
+                                                name, keys, self.conn_id)
+            except ApiError as exc:
+                await self.error(exc.code, exc.message, request="nack")
+                return
+        for key in done:
+            self.inflight.pop(key, None)
+        await self.send({"op": "nacked", "keys": done})
+        self.wake.set()  # offer them again now
+
     # ---------------------------------------------------------------- pusher
 
     async def push(self) -> None:
         last_auth = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # distinct on 3.10
                 await asyncio.wait_for(self.wake.wait(), POLL_INTERVAL)
             self.wake.clear()
             now = time.monotonic()
