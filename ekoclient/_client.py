@@ -101,6 +101,10 @@ class _ClientBase(ServiceSet[E]):
         user_agent_suffix: str | None = None,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
         transport: Any = None,
+        http_client: Any = None,
+        proxy: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
         host_cooldown: float | None = None,
         host_max_cooldown: float | None = None,
         discovery: HostDiscovery | None = None,
@@ -112,7 +116,9 @@ class _ClientBase(ServiceSet[E]):
                 verify=verify, allow_insecure=allow_insecure, retry=retry, pool=pool,
                 timeout=timeout, rate_limit=rate_limit, token_refresh_margin=token_refresh_margin,
                 token_cache_size=token_cache_size, user_agent_suffix=user_agent_suffix,
-                event_hooks=event_hooks, transport=transport, host_cooldown=host_cooldown,
+                event_hooks=event_hooks, transport=transport, http_client=http_client,
+                proxy=proxy, client_cert=client_cert, client_key=client_key,
+                host_cooldown=host_cooldown,
                 host_max_cooldown=host_max_cooldown, discovery=discovery,
             )
         self.options = options

@@ -8,6 +8,7 @@ carries none, and the SDK's own messages name a key only by its short hint.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "RangeNotSatisfiableError",
     "RateLimitError",
     "ServerError",
+    "TimeoutError",
     "TransportError",
     "ValidationError",
 ]
@@ -46,6 +48,13 @@ class InvalidArgumentError(EkoError, ValueError):
 
 class TransportError(EkoError):
     """The service could not be reached, or the connection failed before an answer."""
+
+
+class TimeoutError(TransportError, builtins.TimeoutError):  # the name SPEC §3.1 fixes
+    """No answer within the client's timeout (connect, read, write or waiting for the pool).
+
+    Also a built-in :class:`TimeoutError`, so ``except TimeoutError`` in user code catches it.
+    """
 
 
 class IntegrityError(EkoError):
