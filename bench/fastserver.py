@@ -6,7 +6,7 @@ The reference server spends 2-3 ms of CPU per request, which hides any client co
 spends tens of microseconds (a hand-written HTTP/1.1 parser on an asyncio protocol), so a
 benchmark against it measures the client. It answers:
 
-- ``POST /api/auth/token`` -> ``{"token", "expires_at"}`` (the token is opaque, never checked);
+- ``POST /api/auth/token`` -> ``{"token", "expires_at"}`` (a JWT with ``exp``, never checked);
 - ``GET /api/auth/permissions``, ``POST /api/find/{c}`` -> small JSON answers;
 - ``PUT /api/blob/{t}/{id}`` (reads and discards the body, chunked or not) and
   ``GET /api/blob/{t}/{id}?size=N`` (streams N bytes);
@@ -27,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-STATS = {"opened": 0, "open": 0, "peak": 0, "requests": 0}
+import jwt
+
+STATS = {"opened": 0, "open": 0, "peak": 0, "requests": 0, "exchanges": 0}
 
 _RECORDS = json.dumps([{"id": f"r{i}", "n": i, "name": f"record {i}"} for i in range(10)]
                       ).encode()
@@ -63,6 +65,7 @@ class HttpProtocol(asyncio.Protocol):
         self.paused = False
         self.drained = asyncio.Event()
         self.drained.set()
+        self.observer = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -72,7 +75,8 @@ class HttpProtocol(asyncio.Protocol):
         STATS["peak"] = max(STATS["peak"], STATS["open"])
 
     def connection_lost(self, exc: Exception | None) -> None:
-        STATS["open"] -= 1
+        if not self.observer:
+            STATS["open"] -= 1
         self.drained.set()
 
     def pause_writing(self) -> None:
@@ -155,12 +159,15 @@ class HttpProtocol(asyncio.Protocol):
         path, _, query = self.path.partition("?")
         m = self.method
         if m == "POST" and path == "/api/auth/token":
+            STATS["exchanges"] += 1
             try:
                 key = json.loads(body).get("api_key", "")
             except ValueError:
                 key = ""
-            out = json.dumps({"token": "t." + hashlib.sha1(key.encode()).hexdigest(),
-                              "expires_at": int(time.time()) + 3600}).encode()
+            exp = int(time.time()) + 3600
+            token = jwt.encode({"sub": hashlib.sha1(key.encode()).hexdigest(), "exp": exp,
+                                "iat": exp - 3600}, "bench-secret-bench-secret-bench-32", "HS256")
+            out = json.dumps({"token": token, "expires_at": exp}).encode()
             self.transport.write(_json(200, out))
         elif path == "/api/auth/permissions":
             self.transport.write(_json(200, _PERMS))
@@ -177,10 +184,15 @@ class HttpProtocol(asyncio.Protocol):
                        .get("size", "1048576"))
             self.transport.pause_reading()
             self.streaming = asyncio.ensure_future(self._stream(size))
-        elif path == "/stats":
+        elif path in ("/stats", "/stats/reset"):
+            if not self.observer:  # the reading connection is not counted
+                self.observer = True
+                STATS["opened"] -= 1
+                STATS["open"] -= 1
+                STATS["requests"] -= 1
+            if path == "/stats/reset":
+                STATS.update(opened=0, peak=STATS["open"], requests=0, exchanges=0)
             self.transport.write(_json(200, json.dumps(STATS).encode()))
-        elif path == "/stats/reset":
-            STATS.update(opened=0, peak=STATS["open"], requests=0)
             self.transport.write(_json(200, b"{}"))
         else:
             self.transport.write(_json(404, b'{"error":{"code":"not_found","message":"no",'

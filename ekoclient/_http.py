@@ -87,6 +87,55 @@ class _Body:
             raise self.error
 
 
+class _LazyRequest(httpx.Request):
+    """An ``httpx.Request`` whose URL and headers are parsed only if someone looks.
+
+    Building a real ``httpx.Request`` costs more CPU than aiohttp spends on the whole request
+    (URL parsing, header normalisation); the SDK's own pools take the plain strings instead.
+    Only bodies already in memory (bytes or none) take this path.
+    """
+
+    def __init__(self, method: str, url: str, headers: dict[str, str], content: bytes,
+                 extensions: dict[str, Any], buffered: bool) -> None:
+        self.method = method
+        #: the caller wants the whole answer at once: the pool reads it in one go
+        self.buffered = buffered
+        self.text_url = url
+        self.header_map = headers
+        self._content = content
+        self.stream = httpx.ByteStream(content)
+        self.extensions = extensions
+        self._url: httpx.URL | None = None
+        self._headers: httpx.Headers | None = None
+
+    @property
+    def url(self) -> httpx.URL:
+        if self._url is None:
+            self._url = httpx.URL(self.text_url)
+        return self._url
+
+    @url.setter
+    def url(self, value: httpx.URL) -> None:
+        self._url = value
+
+    @property
+    def headers(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = httpx.Headers(self.header_map)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: httpx.Headers) -> None:
+        self._headers = value
+
+
+def _wire(request: httpx.Request) -> tuple[str, Any]:
+    """URL text and headers for a pool: straight from a lazy request, else from httpx's."""
+    if isinstance(request, _LazyRequest):
+        return request.text_url, request.header_map
+    return str(request.url), request.headers.multi_items()
+
+
 # ------------------------------------------------------------------------- aiohttp (async)
 
 
@@ -162,11 +211,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:  # a streamed body: aiohttp writes it as it comes
             data = body = _Body(request.stream)
             request.headers.pop("transfer-encoding", None)
+        url, headers = _wire(request)
         try:
             with _aiohttp_errors():
                 response = await session.request(
-                    request.method, str(request.url), headers=request.headers.multi_items(),
-                    data=data, allow_redirects=False, compress=None, proxy=self._proxy,
+                    request.method, url, headers=headers, data=data, allow_redirects=False, compress=None, proxy=self._proxy,
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_read=read, sock_connect=connect,
                         connect=None if pool is None or connect is None else pool + connect))
@@ -174,6 +223,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if body is not None:
                 body.reraise()
             raise
+        if getattr(request, "buffered", False):
+            with _aiohttp_errors():
+                content = await response.read()  # one C-level read, then the pool has it back
+            return httpx.Response(
+                status_code=response.status, headers=response.raw_headers, content=content,
+                request=request, extensions={"http_version": b"HTTP/1.1"})
         return httpx.Response(
             status_code=response.status, headers=response.raw_headers,
             stream=_AiohttpStream(response), request=request,
@@ -256,10 +311,10 @@ class Urllib3Transport(httpx.BaseTransport):
         if connect is not None and write is not None:
             connect = max(connect, write)
         try:
+            url, headers = _wire(request)
             with _urllib3_errors():
                 response = self._pool.urlopen(
-                    request.method, str(request.url), body=body,
-                    headers=dict(request.headers.multi_items()), redirect=False,
+                    request.method, url, body=body, headers=dict(headers), redirect=False,
                     retries=False, preload_content=False, decode_content=False,
                     chunked=chunked, assert_same_host=False,
                     timeout=urllib3.Timeout(connect=connect, read=timeout.get("read")),
@@ -268,6 +323,15 @@ class Urllib3Transport(httpx.BaseTransport):
             if streamed is not None:
                 streamed.reraise()
             raise
+        if getattr(request, "buffered", False):
+            try:
+                with _urllib3_errors():
+                    content = response.read()
+            finally:
+                _Urllib3Stream(response).close()
+            return httpx.Response(
+                status_code=response.status, headers=list(response.headers.items()),
+                content=content, request=request, extensions={"http_version": b"HTTP/1.1"})
         return httpx.Response(
             status_code=response.status, headers=list(response.headers.items()),
             stream=_Urllib3Stream(response), request=request,
@@ -341,6 +405,28 @@ def _failure(exc: httpx.HTTPError, method: str, url: str) -> TransportError:
     return TransportError(f"{method} {url} failed: {kind}: {exc}")
 
 
+def _fast_path_defaults(client: httpx.Client | httpx.AsyncClient
+                        ) -> tuple[dict[str, str], dict[str, Any]]:
+    """What ``httpx.Client.send`` would add to every request, computed once.
+
+    With the SDK's own pool and no event hooks, requests go straight to the transport: httpx's
+    client layer (URL merging, cookie jar, auth and redirect machinery, which the SDK never
+    uses) costs about as much CPU per request as the whole pool beneath it.
+    """
+    return dict(client.headers), {"timeout": client.timeout.as_dict()}
+
+
+def _fast_request(method: str, url: str, params: Mapping[str, Any] | None, content: Any,
+                  defaults: dict[str, str], headers: Mapping[str, str],
+                  extensions: dict[str, Any], buffered: bool) -> httpx.Request:
+    if params:
+        url = str(httpx.URL(url, params=params))
+    merged = {**defaults, **headers}
+    if content is None or isinstance(content, bytes):
+        return _LazyRequest(method, url, merged, content or b"", extensions, buffered)
+    return httpx.Request(method, url, content=content, headers=merged, extensions=extensions)
+
+
 def _check_injection(transport: Any, http_client: Any, sync: bool) -> None:
     want_t = httpx.BaseTransport if sync else httpx.AsyncBaseTransport
     want_c = httpx.Client if sync else httpx.AsyncClient
@@ -363,13 +449,17 @@ class SyncTransport:
                  **kwargs: Any) -> None:
         _check_injection(transport, http_client, sync=True)
         self._owned = http_client is None
+        self._fast: Urllib3Transport | None = None
         if http_client is not None:
             self._client: httpx.Client = http_client
             return
         if transport is None:
             transport = Urllib3Transport(verify=verify, max_connections=kwargs["max_connections"],
                                          proxy=proxy)
+            if not kwargs.get("event_hooks"):
+                self._fast = transport
         self._client = httpx.Client(transport=transport, **_client_kwargs(**kwargs))
+        self._defaults, self._extensions = _fast_path_defaults(self._client)
 
     def send(
         self,
@@ -381,10 +471,20 @@ class SyncTransport:
         stream: bool = False,
     ) -> Response:
         try:
-            request = self._client.build_request(
-                method, url, headers=headers, params=params, content=content
-            )
-            return self._client.send(request, stream=stream)
+            if self._fast is None:
+                request = self._client.build_request(
+                    method, url, headers=headers, params=params, content=content
+                )
+                return self._client.send(request, stream=stream)
+            request = _fast_request(method, url, params, content, self._defaults, headers,
+                                    self._extensions, not stream)
+            response = self._fast.handle_request(request)
+            if not stream:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+            return response
         except httpx.HTTPError as exc:
             raise _failure(exc, method, url) from exc
 
@@ -415,13 +515,17 @@ class AsyncTransport:
                  **kwargs: Any) -> None:
         _check_injection(transport, http_client, sync=False)
         self._owned = http_client is None
+        self._fast: AiohttpTransport | None = None
         if http_client is not None:
             self._client: httpx.AsyncClient = http_client
             return
         if transport is None:
             transport = AiohttpTransport(verify=verify, max_connections=kwargs["max_connections"],
                                          keepalive_expiry=kwargs["keepalive_expiry"], proxy=proxy)
+            if not kwargs.get("event_hooks"):
+                self._fast = transport
         self._client = httpx.AsyncClient(transport=transport, **_client_kwargs(**kwargs))
+        self._defaults, self._extensions = _fast_path_defaults(self._client)
 
     async def send(
         self,
@@ -433,10 +537,20 @@ class AsyncTransport:
         stream: bool = False,
     ) -> Response:
         try:
-            request = self._client.build_request(
-                method, url, headers=headers, params=params, content=content
-            )
-            return await self._client.send(request, stream=stream)
+            if self._fast is None:
+                request = self._client.build_request(
+                    method, url, headers=headers, params=params, content=content
+                )
+                return await self._client.send(request, stream=stream)
+            request = _fast_request(method, url, params, content, self._defaults, headers,
+                                    self._extensions, not stream)
+            response = await self._fast.handle_async_request(request)
+            if not stream:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+            return response
         except httpx.HTTPError as exc:
             raise _failure(exc, method, url) from exc
 
