@@ -215,7 +215,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             with _aiohttp_errors():
                 response = await session.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False, compress=None, proxy=self._proxy,
+                    request.method, url, headers=headers, data=data, allow_redirects=False,
+                    compress=None, proxy=self._proxy,
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_read=read, sock_connect=connect,
                         connect=None if pool is None or connect is None else pool + connect))
@@ -369,7 +370,8 @@ def _client_kwargs(
     }
 
 
-def _tls_verification_failed(exc: BaseException) -> bool:
+def tls_untrusted(exc: BaseException) -> bool:
+    """Whether a failure (or one of its causes) is a certificate the client does not trust."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
@@ -398,7 +400,7 @@ def _failure(exc: httpx.HTTPError, method: str, url: str) -> TransportError:
                  "PoolTimeout": "waiting for a free connection in the pool"}.get(kind)
         return TimeoutError(f"{method} {url} timed out{f' while {phase}' if phase else ''} "
                             f"({kind}); raise the client's timeout= if the service is slow")
-    if isinstance(exc, httpx.ConnectError) and _tls_verification_failed(exc):
+    if isinstance(exc, httpx.ConnectError) and tls_untrusted(exc):
         return TransportError(f"{method} {url}: {tls_hint(url)} ({exc})")
     if isinstance(exc, httpx.ProxyError):
         return TransportError(f"{method} {url} failed at the proxy: {exc}")
