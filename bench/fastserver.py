@@ -187,6 +187,8 @@ class HttpProtocol(asyncio.Protocol):
         elif path in ("/stats", "/stats/reset"):
             if not self.observer:  # the reading connection is not counted
                 self.observer = True
+                if STATS["peak"] == STATS["open"]:
+                    STATS["peak"] -= 1
                 STATS["opened"] -= 1
                 STATS["open"] -= 1
                 STATS["requests"] -= 1

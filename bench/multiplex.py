@@ -289,7 +289,8 @@ def _many_mode(args: argparse.Namespace) -> None:
             stats = {}
             for phase in ("first", "second"):
                 proc.stdout.readline()  # phase_done
-                stats[phase] = fast.stats(reset=True)
+                stats[phase] = fast.stats()
+                fast.stats(reset=True)
                 proc.stdin.write("\n")
                 proc.stdin.flush()
             result = json.loads(proc.stdout.readline())
