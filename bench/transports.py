@@ -186,7 +186,7 @@ def run_variant(name: str, spec: dict[str, Any], server: Any) -> dict[str, Any]:
     stats = server.stats()
     lines = out.stdout.strip().splitlines()
     result: dict[str, Any] = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-    result.update(rc=out.returncode, opened=stats["opened"] - 1, peak=stats["peak"],
+    result.update(rc=out.returncode, opened=stats["opened"], peak=stats["peak"],
                   err=out.stderr.strip().splitlines()[-1][:120] if out.returncode else "")
     return result
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import ssl
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -293,6 +294,8 @@ class Urllib3Transport(httpx.BaseTransport):
             kw["ssl_context"] = verify
         else:
             kw["cert_reqs"] = "CERT_NONE"
+            # verify=False was asked for explicitly; urllib3 would warn on every request
+            warnings.filterwarnings("ignore", category=u3.InsecureRequestWarning)
         self._pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw))
 
