@@ -130,6 +130,20 @@ class _LazyRequest(httpx.Request):
         self._headers = value
 
 
+def _buffered(status: int, headers: Any, content: bytes, request: httpx.Request
+              ) -> httpx.Response:
+    """A response whose body is already here. Unless it must be decompressed, hand httpx the
+    bytes as its read content (``Response(content=...)`` would re-read them through its
+    decoder chain, which costs more than aiohttp's whole read)."""
+    response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content),
+                              request=request, extensions={"http_version": b"HTTP/1.1"})
+    if "content-encoding" in response.headers:
+        response.read()
+    else:
+        response._content = content  # httpx 0.27/0.28 keep the read body here
+    return response
+
+
 def _wire(request: httpx.Request) -> tuple[str, Any]:
     """URL text and headers for a pool: straight from a lazy request, else from httpx's."""
     if isinstance(request, _LazyRequest):
@@ -228,9 +242,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if getattr(request, "buffered", False):
             with _aiohttp_errors():
                 content = await response.read()  # one C-level read, then the pool has it back
-            return httpx.Response(
-                status_code=response.status, headers=response.raw_headers, content=content,
-                request=request, extensions={"http_version": b"HTTP/1.1"})
+            return _buffered(response.status, response.raw_headers, content, request)
         return httpx.Response(
             status_code=response.status, headers=response.raw_headers,
             stream=_AiohttpStream(response), request=request,
@@ -333,9 +345,7 @@ class Urllib3Transport(httpx.BaseTransport):
                     content = response.read()
             finally:
                 _Urllib3Stream(response).close()
-            return httpx.Response(
-                status_code=response.status, headers=list(response.headers.items()),
-                content=content, request=request, extensions={"http_version": b"HTTP/1.1"})
+            return _buffered(response.status, list(response.headers.items()), content, request)
         return httpx.Response(
             status_code=response.status, headers=list(response.headers.items()),
             stream=_Urllib3Stream(response), request=request,
