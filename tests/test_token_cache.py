@@ -55,3 +55,19 @@ def test_thrashing_is_logged_once_with_what_to_change(
     assert len(warnings) == 1
     assert "token_cache_size=10" in warnings[0]
     assert not any(key[-12:] in warnings[0] for key in keys)
+
+
+def test_a_token_that_is_not_a_jwt_is_a_malformed_response() -> None:
+    import httpx
+
+    from ekoclient.errors import MalformedResponseError
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/auth/token":
+            return httpx.Response(200, json={"token": "not-a-jwt", "expires_at": 0})
+        return httpx.Response(200, json={})
+
+    with Client(base_url="https://db.example", api_key="eko_test_" + "k" * 40,
+                transport=httpx.MockTransport(answer)) as client, \
+            pytest.raises(MalformedResponseError, match="not a JWT"):
+        client.admin.permissions()
