@@ -219,12 +219,15 @@ def _target(kind: str, keys: int) -> Iterator[tuple[str, str, list[str], Any]]:
         token = httpx.post(f"{url}/api/auth/token", json={"api_key": server.admin_key},
                            verify=ctx).json()["token"]
 
+        reads = [0]
+
         def metric() -> dict[str, Any]:
+            reads[0] += 1
             text = httpx.get(f"{url}/api/metrics", headers={"Authorization": f"Bearer {token}"},
                              verify=ctx).text
             opened = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                          if line.startswith("ekodb_connections_opened_total"))
-            return {"opened": opened - 1}  # minus this read's own connection
+            return {"opened": opened - reads[0]}  # minus the metrics reads' own connections
         yield url, ca, made, metric
 
 
