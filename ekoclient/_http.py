@@ -431,6 +431,20 @@ def _fast_path_defaults(client: httpx.Client | httpx.AsyncClient
     return dict(client.headers), {"timeout": client.timeout.as_dict()}
 
 
+def _merged_timeout(client: httpx.Client | httpx.AsyncClient,
+                    timeout: Mapping[str, float] | None) -> httpx.Timeout:
+    if not timeout:
+        return client.timeout
+    return httpx.Timeout(**{**client.timeout.as_dict(), **timeout})
+
+
+def _with_timeout(extensions: dict[str, Any], timeout: Mapping[str, float] | None
+                  ) -> dict[str, Any]:
+    if not timeout:
+        return extensions
+    return {**extensions, "timeout": {**extensions["timeout"], **timeout}}
+
+
 def _fast_request(method: str, url: str, params: Mapping[str, Any] | None, content: Any,
                   defaults: dict[str, str], headers: Mapping[str, str],
                   extensions: dict[str, Any], buffered: bool) -> httpx.Request:
@@ -484,15 +498,19 @@ class SyncTransport:
         params: Mapping[str, Any] | None,
         content: bytes | Iterable[bytes] | None,
         stream: bool = False,
+        *,
+        timeout: Mapping[str, float] | None = None,
     ) -> Response:
+        """Send one request; ``timeout`` overrides some phases (connect, read, write, pool)
+        for this request only."""
         try:
             if self._fast is None:
                 request = self._client.build_request(
-                    method, url, headers=headers, params=params, content=content
-                )
+                    method, url, headers=headers, params=params, content=content,
+                    timeout=_merged_timeout(self._client, timeout))
                 return self._client.send(request, stream=stream)
             request = _fast_request(method, url, params, content, self._defaults, headers,
-                                    self._extensions, not stream)
+                                    _with_timeout(self._extensions, timeout), not stream)
             response = self._fast.handle_request(request)
             if not stream:
                 try:
@@ -550,15 +568,19 @@ class AsyncTransport:
         params: Mapping[str, Any] | None,
         content: bytes | AsyncIterable[bytes] | Iterable[bytes] | None,
         stream: bool = False,
+        *,
+        timeout: Mapping[str, float] | None = None,
     ) -> Response:
+        """Send one request; ``timeout`` overrides some phases (connect, read, write, pool)
+        for this request only."""
         try:
             if self._fast is None:
                 request = self._client.build_request(
-                    method, url, headers=headers, params=params, content=content
-                )
+                    method, url, headers=headers, params=params, content=content,
+                    timeout=_merged_timeout(self._client, timeout))
                 return await self._client.send(request, stream=stream)
             request = _fast_request(method, url, params, content, self._defaults, headers,
-                                    self._extensions, not stream)
+                                    _with_timeout(self._extensions, timeout), not stream)
             response = await self._fast.handle_async_request(request)
             if not stream:
                 try:

@@ -8,6 +8,7 @@ import datetime as dt
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -385,3 +386,33 @@ def test_32_threads_sharing_one_client_stay_within_the_pool(
     opened = metric(ekodb_server, "ekodb_connections_opened_total") - before
     assert done == 32 * 5
     assert opened <= limit + 1  # + the metrics read's own connection
+
+
+def test_a_per_request_timeout_overrides_the_clients_on_every_pool(silent_server: str) -> None:
+    """The hook per-call options use: one request's read timeout, the client's left alone."""
+    from ekoclient._http import AsyncTransport, SyncTransport
+
+    common: dict[str, Any] = {"max_connections": 2, "max_keepalive": 2,
+                              "keepalive_expiry": 5.0, "timeouts": (5.0, 30.0, 30.0, 5.0),
+                              "user_agent": "t", "event_hooks": None}
+    mine = httpx.Client()
+    for transport in (SyncTransport(**common), SyncTransport(http_client=mine)):
+        started = time.monotonic()
+        with pytest.raises(ekoclient.errors.TimeoutError):
+            transport.send("GET", silent_server + "/x", {}, None, None, timeout={"read": 0.2})
+        assert time.monotonic() - started < 5
+        transport.close()
+    mine.close()
+
+    async def on_async() -> None:
+        amine = httpx.AsyncClient()
+        for transport in (AsyncTransport(**common), AsyncTransport(http_client=amine)):
+            started = time.monotonic()
+            with pytest.raises(ekoclient.errors.TimeoutError):
+                await transport.send("GET", silent_server + "/x", {}, None, None,
+                                     timeout={"read": 0.2})
+            assert time.monotonic() - started < 5
+            await transport.aclose()
+        await amine.aclose()
+
+    asyncio.run(on_async())
