@@ -40,17 +40,20 @@ BlobData = bytes | bytearray | memoryview | BinaryIO | Iterable[bytes] | AsyncIt
 class _Hasher:
     """md5 + sha256 + length of whatever passes through."""
 
-    def __init__(self) -> None:
-        self.md5 = hashlib.md5(usedforsecurity=False)
+    def __init__(self, md5: bool = True) -> None:
+        # downloads are checked against sha256 only: md5 there would cost CPU for nothing
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.sha256 = hashlib.sha256()
         self.length = 0
 
     def update(self, data: bytes) -> None:
-        self.md5.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
         self.sha256.update(data)
         self.length += len(data)
 
     def headers(self) -> dict[str, str]:
+        assert self.md5 is not None
         return {"Content-MD5": base64.b64encode(self.md5.digest()).decode(),
                 "X-Checksum-Sha256": self.sha256.hexdigest()}
 
@@ -310,7 +313,7 @@ class _BlobBase:
         self._response = response
         #: True for a full download: its bytes are checked against metadata.sha256.
         self._verify = whole and response.status_code == 200
-        self._hasher = _Hasher()
+        self._hasher = _Hasher(md5=False)
         self._used = False
         cr = response.headers.get("content-range")
         self.content_range: tuple[int, int, int] | None = None

@@ -124,6 +124,13 @@ class ClientOptions(BaseModel):
     user_agent_suffix: str | None = None
     event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None
     transport: Any = None
+    #: An ``httpx.Client`` / ``httpx.AsyncClient`` to send through, as it is configured.
+    http_client: Any = None
+    #: ``http://[user:pass@]host:port`` for HTTP, HTTPS and the WebSocket stream.
+    proxy: str | None = Field(None, repr=False)  # may carry a password
+    #: PEM client certificate for mutual TLS (may hold the key too), and its key file.
+    client_cert: str | None = None
+    client_key: str | None = None
     host_cooldown: float = Field(1.0, gt=0)
     host_max_cooldown: float = Field(30.0, gt=0)
     #: A :class:`ekoclient.HostDiscovery`; ``hosts`` then holds its first answer.
@@ -160,6 +167,44 @@ class ClientOptions(BaseModel):
     def _check_plain_http(self) -> ClientOptions:
         for url in self.hosts:
             _check_plain_http_url(url, self.allow_insecure)
+        return self
+
+    @field_validator("client_cert", "client_key")
+    @classmethod
+    def _check_cert_file(cls, path: str | None) -> str | None:
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"{path!r} is not a readable file")
+        return path
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{_redacted(url)!r} is not an http(s)://host:port proxy URL")
+        return url
+
+    @model_validator(mode="after")
+    def _check_injection(self) -> ClientOptions:
+        """A custom transport or client makes its own connections: settings the SDK would
+        apply to them cannot be honoured, so say so instead of silently ignoring them."""
+        injected = ("transport" if self.transport is not None else
+                    "http_client" if self.http_client is not None else None)
+        if injected is None:
+            if self.client_key is not None and self.client_cert is None:
+                raise ValueError("client_key needs client_cert")
+            return self
+        if self.transport is not None and self.http_client is not None:
+            raise ValueError("give either transport or http_client, not both")
+        clash = sorted(name for name in ("ca_bundle", "verify", "pool", "proxy", "client_cert",
+                                         "client_key") if name in self.model_fields_set)
+        if clash:
+            raise ValueError(
+                f"{injected} makes its own connections, so {', '.join(clash)} cannot be "
+                f"applied to it: configure {'them' if len(clash) > 1 else 'it'} on the "
+                f"{injected} itself (e.g. httpx.HTTPTransport(verify=ssl_ctx, limits=...)), "
+                f"or drop {injected}")
         return self
 
     def checked_hosts(self, urls: Sequence[str]) -> tuple[str, ...]:
@@ -201,6 +246,14 @@ class ClientOptions(BaseModel):
                 for e in exc.errors(include_input=False)
             )
             raise ConfigurationError(f"invalid client options: {problems}") from None
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _first_hosts(discovery: Any) -> tuple[str, ...]:
@@ -356,12 +409,32 @@ class ClientBuilder(Generic[C]):
         self._options["transport"] = transport
         return self
 
+    def proxy(self, url: str) -> ClientBuilder[C]:
+        """Send HTTP(S) and the WebSocket stream through ``http://host:port``."""
+        self._options["proxy"] = url
+        return self
+
+    def client_cert(self, cert: str | os.PathLike[str],
+                    key: str | os.PathLike[str] | None = None) -> ClientBuilder[C]:
+        """A PEM client certificate (and key file, unless the PEM holds it) for mutual TLS."""
+        self._options["client_cert"] = os.fspath(cert)
+        if key is not None:
+            self._options["client_key"] = os.fspath(key)
+        return self
+
+    def http_client(self, client: Any) -> ClientBuilder[C]:
+        """Send through this ``httpx.Client``/``AsyncClient`` as configured (not closed by
+        the SDK); ``ca_bundle``, ``pool``, ``proxy`` and ``client_cert`` are then refused."""
+        self._options["http_client"] = client
+        return self
+
     def build(self) -> C:
         return self._factory(**self._options)
 
 
 def options_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Options from ``EKODB_URL``, ``EKODB_API_KEY`` and ``EKODB_CA_BUNDLE``."""
+    """Options from ``EKODB_URL``, ``EKODB_API_KEY``, ``EKODB_CA_BUNDLE``, ``EKODB_PROXY``,
+    ``EKODB_CLIENT_CERT`` and ``EKODB_CLIENT_KEY``."""
     env = os.environ if environ is None else environ
     url = env.get("EKODB_URL")
     given = {"base_url", "hosts", "discovery"} & overrides.keys()
@@ -374,5 +447,8 @@ def options_from_env(environ: Mapping[str, str] | None = None, **overrides: Any)
         options["api_key"] = env["EKODB_API_KEY"]
     if env.get("EKODB_CA_BUNDLE"):
         options["ca_bundle"] = env["EKODB_CA_BUNDLE"]
+    for name in ("proxy", "client_cert", "client_key"):
+        if env.get(f"EKODB_{name.upper()}"):
+            options[name] = env[f"EKODB_{name.upper()}"]
     options.update(overrides)
     return options

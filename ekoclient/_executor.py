@@ -162,7 +162,9 @@ class ExecutorCore:
         o = self.options
         return {
             "transport": o.transport,
-            "verify": ssl_context(o.ca_bundle, o.verify),
+            "http_client": o.http_client,
+            "proxy": o.proxy,
+            "verify": ssl_context(o.ca_bundle, o.verify, o.client_cert, o.client_key),
             "max_connections": o.pool.max_connections,
             "max_keepalive": o.pool.max_keepalive,
             "keepalive_expiry": o.pool.keepalive_expiry,

@@ -41,6 +41,7 @@ from websockets.version import version as ws_version
 from ._compat import ASYNC_TIMEOUTS
 from ._config import ClientOptions, _is_loopback
 from ._executor import AsyncExecutor, SyncExecutor
+from ._http import tls_hint, tls_untrusted
 from ._service import MethodFace, Service, public_signature
 from ._tokens import Credential
 from .errors import (
@@ -72,8 +73,17 @@ _silent = logging.Logger("ekoclient.websockets", logging.CRITICAL + 1)
 _silent.propagate = False
 _silent.addHandler(logging.NullHandler())
 
-# like the HTTP pool (trust_env=False), ignore proxy variables; ``proxy`` exists from 15 on
-_PROXY_KW: dict[str, Any] = {"proxy": None} if int(ws_version.split(".")[0]) >= 15 else {}
+# like the HTTP pool (trust_env=False), ignore proxy variables unless the client was given a
+# proxy; websockets' ``proxy`` parameter exists from 15 on
+_WS_PROXY = int(ws_version.split(".")[0]) >= 15
+
+
+def _proxy_kw(options: ClientOptions) -> dict[str, Any]:
+    if _WS_PROXY:
+        return {"proxy": options.proxy}
+    if options.proxy is not None:
+        raise ConfigurationError("the DataBus stream through a proxy needs websockets >= 15")
+    return {}
 
 
 # ------------------------------------------------------------------------------ settings
@@ -146,10 +156,20 @@ def ws_ssl(options: ClientOptions, url: str) -> ssl.SSLContext | None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        if options.client_cert:
+            ctx.load_cert_chain(options.client_cert, options.client_key)
         return ctx
-    if options.ca_bundle:
-        return ssl.create_default_context(cafile=options.ca_bundle)
-    return ssl.create_default_context()
+    ctx = ssl.create_default_context(cafile=options.ca_bundle)
+    if options.client_cert:  # mutual TLS, like the HTTP pool
+        ctx.load_cert_chain(options.client_cert, options.client_key)
+    return ctx
+
+
+def _untrusted(exc: BaseException, url: str) -> TransportError | None:
+    """A certificate the client does not trust will not become trusted by retrying."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TransportError(f"DataBus stream {url}: {tls_hint(url)} ({exc})")
+    return None
 
 
 # ------------------------------------------------------------------------------ core
@@ -435,7 +455,8 @@ def _connect_kwargs(options: ClientOptions, url: str, token: str, *,
     return {"ssl": ctx,
             "additional_headers": {"Authorization": "Bearer " + token},
             "user_agent_header": options.user_agent, "open_timeout": options.timeout.connect,
-            "ping_interval": None, "max_size": MAX_MESSAGE, "logger": _silent, **_PROXY_KW}
+            "ping_interval": None, "max_size": MAX_MESSAGE, "logger": _silent,
+            **_proxy_kw(options)}
 
 
 def _close_info(exc: ConnectionClosed) -> tuple[int | None, str]:
@@ -500,7 +521,9 @@ class EventStream:
             url = ws_url(host, ex.options.allow_insecure)
             try:  # the token endpoint may be down too while the server restarts
                 self._token = ex.token(self._credential)
-            except (TransportError, ServerError, RateLimitError):
+            except (TransportError, ServerError, RateLimitError) as exc:
+                if tls_untrusted(exc):
+                    raise
                 self._apply(core.failed(time.monotonic()))
                 continue
             try:
@@ -509,7 +532,9 @@ class EventStream:
                 ws.__enter__()  # we own its lifetime (websockets >= 17.1 warns otherwise)
             except InvalidStatus as exc:
                 decision = core.refused(exc.response.status_code, time.monotonic())
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed):
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                if (untrusted := _untrusted(exc, url)) is not None:
+                    raise untrusted from exc
                 ex.hosts.failed(host)
                 decision = core.failed(time.monotonic())
             else:
@@ -646,7 +671,9 @@ class AsyncEventStream:
             url = ws_url(host, ex.options.allow_insecure)
             try:  # the token endpoint may be down too while the server restarts
                 self._token = await ex.token(self._credential)
-            except (TransportError, ServerError, RateLimitError):
+            except (TransportError, ServerError, RateLimitError) as exc:
+                if tls_untrusted(exc):
+                    raise
                 await self._apply(core.failed(time.monotonic()))
                 continue
             try:
@@ -654,7 +681,9 @@ class AsyncEventStream:
             except InvalidStatus as exc:
                 decision = core.refused(exc.response.status_code, time.monotonic())
             except (OSError, TimeoutError, asyncio.TimeoutError, InvalidHandshake,
-                    ConnectionClosed):  # two timeout types on Python 3.10
+                    ConnectionClosed) as exc:  # two timeout types on Python 3.10
+                if (untrusted := _untrusted(exc, url)) is not None:
+                    raise untrusted from exc
                 ex.hosts.failed(host)
                 decision = core.failed(time.monotonic())
             else:

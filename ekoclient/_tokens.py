@@ -14,15 +14,21 @@ token make exactly one exchange.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import itertools
+import json
+import logging
+import random
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
-import jwt
+from .errors import EkoError, MalformedResponseError
 
-from .errors import EkoError
+logger = logging.getLogger("ekoclient")
 
 
 class Credential:
@@ -127,7 +133,7 @@ class CredentialState:
 
     def store(self, token: str, margin: float, now: float) -> None:
         """Keep a new token; its lifetime comes from its own claims (read, not verified)."""
-        claims = jwt.decode(token, options={"verify_signature": False})
+        claims = _claims(token)
         lifetime = float(claims.get("exp", 0)) - float(claims.get("iat", claims.get("exp", 0)))
         if lifetime <= 0:
             lifetime = 60.0
@@ -160,12 +166,29 @@ class CredentialState:
 
 
 class TokenCache:
-    """Bounded LRU of credential states, shared by every view of one client."""
+    """Bounded LRU of credential states, shared by every view of one client.
+
+    A fingerprint of each evicted key is remembered (never the key). An evicted key coming
+    back means more keys are active than ``token_cache_size`` holds: its arrival then evicts
+    a random entry instead of the least recently used (see :meth:`_victim`), and when such
+    returns keep happening a WARNING says to raise ``token_cache_size``.
+    """
+
+    #: At most one thrash warning per this many seconds.
+    WARN_INTERVAL = 60.0
 
     def __init__(self, max_size: int = 10_000) -> None:
         self.max_size = max_size
         self._states: OrderedDict[str, CredentialState] = OrderedDict()
         self._lock = threading.Lock()
+        #: fingerprints of recently evicted keys, oldest first; twice the cache's size, so
+        #: keys cycling through up to three times as many as it holds are recognised
+        self._ghosts: dict[int, None] = {}
+        #: keys that came back after eviction, in total and since the last warning
+        self.returned = 0
+        self._returned_since_warning = 0
+        self._warned_at = -self.WARN_INTERVAL
+        self._rng = random.Random()
 
     def state(self, credential: Credential) -> CredentialState:
         key = credential._secret
@@ -173,11 +196,49 @@ class TokenCache:
             state = self._states.get(key)
             if state is None:
                 state = self._states[key] = CredentialState()
+                returning = bool(self._ghosts) and self._ghosts.pop(
+                    _fingerprint(key), 0) is None
+                if returning:
+                    self._came_back()
                 if len(self._states) > self.max_size:
-                    self._states.popitem(last=False)
+                    evicted = self._victim(returning)
+                    del self._states[evicted]
+                    self._ghosts[_fingerprint(evicted)] = None
+                    if len(self._ghosts) > 2 * self.max_size:
+                        del self._ghosts[next(iter(self._ghosts))]
             else:
                 self._states.move_to_end(key)
             return state
+
+    def _victim(self, returning: bool) -> str:
+        """Least recently used, unless the newcomer is a key evicted before: then a random
+        one (not the newcomer, not one mid-exchange). Keys cycling through a cache too small
+        for them make strict LRU evict exactly the next key needed, so every call exchanges;
+        random eviction keeps part of the cycle cached (``bench.multiplex --keys``)."""
+        oldest = next(iter(self._states))
+        if not returning:
+            return oldest
+        index = self._rng.randrange(len(self._states) - 1)
+        candidate = next(itertools.islice(iter(self._states), index, None))
+        state = self._states[candidate]
+        if state.thread_lock.locked() or (state._async_lock is not None
+                                          and state._async_lock.locked()):
+            return oldest
+        return candidate
+
+    def _came_back(self) -> None:
+        self.returned += 1
+        self._returned_since_warning += 1
+        now = time.monotonic()
+        if (self._returned_since_warning >= max(10, self.max_size // 10)
+                and now - self._warned_at >= self.WARN_INTERVAL):
+            logger.warning(
+                "token cache is thrashing: %d API keys needed a new token exchange because "
+                "they had been evicted (token_cache_size=%d holds fewer keys than are in "
+                "use). Raise token_cache_size above the number of active keys.",
+                self._returned_since_warning, self.max_size)
+            self._warned_at = now
+            self._returned_since_warning = 0
 
     def peek(self, credential: Credential) -> CredentialState | None:
         """The state if cached, without touching LRU order or creating one."""
@@ -185,6 +246,28 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._states)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """A JWT's claims, read and not verified (the server verifies; the SDK only wants the
+    lifetime). pyjwt's decode without verification costs 6x this, checking the base64
+    alphabet character by character, once per exchange."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, TypeError) as exc:
+        raise MalformedResponseError(
+            f"the token endpoint answered with a token that is not a JWT ({exc})") from None
+    if not isinstance(claims, dict):
+        raise MalformedResponseError("the token endpoint answered with a JWT whose claims "
+                                     "are not a JSON object")
+    return claims
+
+
+def _fingerprint(key: str) -> int:
+    """64 bits of a hash: tells returning keys apart, reveals nothing usable about a key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8,
+                                          person=b"ekoclient-ghost").digest(), "big")
 
 
 def monotonic() -> float:

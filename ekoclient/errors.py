@@ -12,6 +12,7 @@ of calling ``__init__`` again, which keyword-only constructors would not survive
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "RangeNotSatisfiableError",
     "RateLimitError",
     "ServerError",
+    "TimeoutError",
     "TransportError",
     "ValidationError",
 ]
@@ -71,6 +73,13 @@ class InvalidArgumentError(EkoError, ValueError):
 
 class TransportError(EkoError):
     """The service could not be reached, or the connection failed before an answer."""
+
+
+class TimeoutError(TransportError, builtins.TimeoutError):  # the name SPEC §3.1 fixes
+    """No answer within the client's timeout (connect, read, write or waiting for the pool).
+
+    Also a built-in :class:`TimeoutError`, so ``except TimeoutError`` in user code catches it.
+    """
 
 
 class IntegrityError(EkoError):
