@@ -264,14 +264,16 @@ def _urllib3_errors() -> Iterator[None]:
         yield
     except u3.EmptyPoolError as exc:
         raise httpx.PoolTimeout(f"no free connection in the pool: {exc}") from exc
+    except (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError) as exc:
+        # before ConnectTimeoutError: urllib3's NewConnectionError subclasses it, so a
+        # refused connection would otherwise be reported as a timeout
+        raise httpx.ConnectError(str(exc)) from exc
     except u3.ConnectTimeoutError as exc:
         raise httpx.ConnectTimeout(str(exc)) from exc
     except u3.ReadTimeoutError as exc:
         raise httpx.ReadTimeout(str(exc)) from exc
     except u3.ProxyError as exc:
         raise httpx.ProxyError(str(exc)) from exc
-    except (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError) as exc:
-        raise httpx.ConnectError(str(exc)) from exc
     except (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead) as exc:
         raise httpx.RemoteProtocolError(str(exc)) from exc
     except (u3.HTTPError, OSError) as exc:

@@ -347,6 +347,30 @@ async def test_the_async_client_raises_the_same_timeout_error(silent_server: str
             await client.admin.permissions()
 
 
+@pytest.fixture
+def refused_url() -> str:
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return f"https://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_refused_connection_is_not_reported_as_a_timeout(refused_url: str) -> None:
+    with Client(base_url=refused_url, api_key="eko_test_" + "k" * 40, retry=ONCE) as client, \
+            pytest.raises(TransportError) as caught:
+        client.admin.permissions()
+    assert not isinstance(caught.value, TimeoutError), caught.value
+    assert "ConnectError" in str(caught.value)
+
+
+async def test_the_async_client_reports_a_refused_connection_alike(refused_url: str) -> None:
+    async with AsyncClient(base_url=refused_url, api_key="eko_test_" + "k" * 40,
+                           retry=ONCE) as client:
+        with pytest.raises(TransportError) as caught:
+            await client.admin.permissions()
+    assert not isinstance(caught.value, TimeoutError), caught.value
+    assert "ConnectError" in str(caught.value)
+
+
 # ------------------------------------------------------------------ untrusted certificates
 
 
