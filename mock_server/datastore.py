@@ -413,9 +413,10 @@ class DataStore:
         Inside a client transaction staged rows are not indexed, so it always scans."""
         if flt is not None and OVERLAY.get() is None:
             lookups = plan(flt, indexed_fields(self._schemas.get(conn, collection, cidx)))
-            if lookups is not None:
-                for seq, ridx, rid, data in self._indexes.rows(conn, collection, cidx,
-                                                               lookups):
+            rows = (None if lookups is None
+                    else self._indexes.rows(conn, collection, cidx, lookups))
+            if rows is not None:
+                for seq, ridx, rid, data in rows:
                     yield seq, self._open(collection, self._open_id(collection, ridx, rid),
                                           data)
                 return

@@ -23,7 +23,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from mock_server.crypto import KeyRing, aad
@@ -36,7 +36,8 @@ __all__ = ["INDEX_SCHEMA", "INDEX_TYPES", "BlindIndex", "Plan", "canonical", "in
 #: Index types (ekoDB's schema names) that build a blind equality index here.
 INDEX_TYPES: Final = ("hash", "btree")
 TAG_BYTES: Final = 16
-_CHUNK: Final = 500
+#: Bound on one lookup statement's parameters (SQLite allows 32,766); more values scan.
+MAX_PARAMS: Final = 30_000
 _SERVICE: Final = "datastore-index"
 
 #: DDL the DataStore registers after its own (the trigger needs ``ds_records``).
@@ -181,25 +182,35 @@ class BlindIndex:
                          (cidx, self.fidx(collection, field)))
 
     def rows(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
-             lookups: Plan) -> Iterator[tuple[int, bytes, bytes, bytes]]:
-        """``(seq, ridx, rid, data)`` of the records the lookups name, in seq order."""
-        ridxs: set[bytes] = set()
+             lookups: Plan) -> list[tuple[int, bytes, bytes, bytes]] | None:
+        """``(seq, ridx, rid, data)`` of the records the lookups name, in seq order, read in
+        one statement (one snapshot, like the scan); None when too many values to ask.
+
+        The lookups form a subquery joined to the records by their unique key: SQLite
+        otherwise prefers walking the collection in seq order to skip the sort.
+        """
+        parts: list[str] = []
+        params: list[bytes] = []
         for field, values in lookups:
-            fidx = self.fidx(collection, field)
             tags = sorted({t for v in values if (t := self.tag(collection, field, v))})
-            for start in range(0, len(tags), _CHUNK):
-                chunk = tags[start:start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = ("SELECT ridx FROM ds_index WHERE cidx = ? AND fidx = ? "  # noqa: S608
-                       f"AND tag IN ({marks})")
-                ridxs.update(bytes(r) for (r,) in conn.execute(sql, (cidx, fidx, *chunk)))
-        found: list[tuple[int, bytes, bytes, bytes]] = []
-        ordered = sorted(ridxs)
-        for start in range(0, len(ordered), _CHUNK):
-            chunk = ordered[start:start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = ("SELECT seq, ridx, rid, data FROM ds_records "  # noqa: S608 - '?' marks only
-                   f"WHERE cidx = ? AND ridx IN ({marks})")
-            found.extend(conn.execute(sql, (cidx, *chunk)))
+            if tags:
+                marks = ",".join("?" * len(tags))
+                parts.append(f"SELECT ridx FROM ds_index WHERE cidx = ? AND fidx = ? AND tag IN ({marks})")  # noqa: E501, S608 - '?' marks only
+                params += [cidx, self.fidx(collection, field), *tags]
+        getlimit = getattr(conn, "getlimit", None)  # Python 3.11+; older SQLite allow 999
+        cap = min(MAX_PARAMS, getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                  if getlimit is not None else 999)
+        if len(params) + 1 > cap:
+            return None
+        if not parts:
+            return []
+        sql = ("SELECT r.seq, r.ridx, r.rid, r.data FROM ("  # noqa: S608 - '?' marks only
+               f"{' UNION '.join(parts)}) AS m CROSS JOIN ds_records r "
+               "ON r.cidx = ? AND r.ridx = m.ridx")
+        found = conn.execute(sql, (*params, cidx)).fetchall()
         found.sort(key=lambda row: row[0])
-        return iter(found)
+        out: list[tuple[int, bytes, bytes, bytes]] = []
+        for row in found:
+            if not out or out[-1][0] != row[0]:
+                out.append(row)
+        return out
