@@ -412,7 +412,8 @@ class DataStore:
         names when it covers every match (:mod:`mock_server.indexes`), else all of them.
         Inside a client transaction staged rows are not indexed, so it always scans."""
         if flt is not None and OVERLAY.get() is None:
-            lookups = plan(flt, indexed_fields(self._schemas.get(conn, collection, cidx)))
+            declared = indexed_fields(self._schemas.get(conn, collection, cidx))
+            lookups = plan(flt, self._indexes.built(conn, collection, cidx, declared))
             rows = (None if lookups is None
                     else self._indexes.rows(conn, collection, cidx, lookups))
             if rows is not None:
@@ -576,6 +577,8 @@ class DataStore:
                                f"collection {_show(collection)} already exists") from None
             if parsed is not None:
                 self._schemas.put(tx.conn, collection, cidx, parsed)
+                self._index_declared(tx.conn, collection, cidx, frozenset(),
+                                     indexed_fields(parsed))
             self._audit.record("collection.create", key_id=caller.key_id, label=caller.label,
                                resource=collection)
         return collection
@@ -620,10 +623,11 @@ class DataStore:
 
     def _index_declared(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
                         before: frozenset[str], after: frozenset[str]) -> None:
-        """Build indexes newly declared (from the stored records), drop undeclared ones."""
+        """Build declared indexes not built yet (from the stored records), drop undeclared
+        ones."""
         for field_name in before - after:
             self._indexes.drop(conn, collection, cidx, field_name)
-        added = sorted(after - before)
+        added = sorted(after - self._indexes.built(conn, collection, cidx, after))
         if not added:
             return
         rows = conn.execute("SELECT ridx, rid, data FROM ds_records WHERE cidx = ?",

@@ -51,6 +51,11 @@ INDEX_SCHEMA: Final = (
     );
     CREATE INDEX IF NOT EXISTS ds_index_lookup ON ds_index(cidx, fidx, tag);
     CREATE INDEX IF NOT EXISTS ds_index_record ON ds_index(cidx, ridx);
+    CREATE TABLE IF NOT EXISTS ds_index_built (
+        cidx BLOB NOT NULL,
+        fidx BLOB NOT NULL,
+        PRIMARY KEY (cidx, fidx)
+    );
     CREATE TRIGGER IF NOT EXISTS ds_index_gone AFTER DELETE ON ds_records BEGIN
         DELETE FROM ds_index WHERE cidx = OLD.cidx AND ridx = OLD.ridx;
     END;
@@ -171,15 +176,28 @@ class BlindIndex:
                 if tag is not None:
                     rows.append((cidx, fidx, tag, ridx))
         conn.executemany("INSERT INTO ds_index(cidx, fidx, tag, ridx) VALUES (?,?,?,?)", rows)
+        conn.execute("INSERT OR IGNORE INTO ds_index_built(cidx, fidx) VALUES (?, ?)",
+                     (cidx, fidx))
+
+    def built(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+              fields: frozenset[str]) -> frozenset[str]:
+        """Which of ``fields`` have a complete index (a data dir from before indexes existed
+        may declare one that was never built: those fields scan until it is)."""
+        if not fields:
+            return fields
+        have = {bytes(f) for (f,) in conn.execute(
+            "SELECT fidx FROM ds_index_built WHERE cidx = ?", (cidx,))}
+        return frozenset(f for f in fields if self.fidx(collection, f) in have)
 
     def drop(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
              field: str | None = None) -> None:
         """Forget one field's index (None: every index of the collection)."""
-        if field is None:
-            conn.execute("DELETE FROM ds_index WHERE cidx = ?", (cidx,))
-        else:
-            conn.execute("DELETE FROM ds_index WHERE cidx = ? AND fidx = ?",
-                         (cidx, self.fidx(collection, field)))
+        for table in ("ds_index", "ds_index_built"):
+            if field is None:
+                conn.execute(f"DELETE FROM {table} WHERE cidx = ?", (cidx,))  # noqa: S608
+            else:
+                conn.execute(f"DELETE FROM {table} WHERE cidx = ? AND fidx = ?",  # noqa: S608
+                             (cidx, self.fidx(collection, field)))
 
     def rows(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
              lookups: Plan) -> list[tuple[int, bytes, bytes, bytes]] | None:

@@ -317,3 +317,17 @@ def test_a_bad_index_declaration_is_a_400_over_the_wire(api: Api) -> None:
                       json={"fields": {"v": {"field_type": "String", "index": "hash"}}})
     assert_error(r, 400, "validation_error")
     assert api.http.post(f"/api/find/{name}", headers=api.admin, json={}).status_code == 404
+
+
+def test_a_declared_index_that_was_never_built_is_not_trusted(dom: Domain) -> None:
+    """A data dir from before indexes existed declares one with no rows: finds scan (right
+    answers) until the next schema update builds it."""
+    idx, _ = _pair(dom)
+    made = [dom.ds.insert(ADMIN, idx, {"v": i % 2})["id"] for i in range(4)]
+    with dom.storage.transaction() as conn:
+        conn.execute("DELETE FROM ds_index")
+        conn.execute("DELETE FROM ds_index_built")
+    assert dom.ids(idx, cond("v", "Eq", 1)) == made[1::2]
+    dom.ds.update_schema(ADMIN, idx, {"constraints": {"x": {"field_type": "String"}}})
+    assert dom.index_rows() == 4
+    assert dom.ids(idx, cond("v", "Eq", 1)) == made[1::2]
