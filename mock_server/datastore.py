@@ -31,6 +31,9 @@ Decisions worth knowing:
   then read and stage through the transaction, so every check above applies inside it.
 - A collection's schema (:mod:`mock_server.schemas`) is applied in ``_put_new`` and
   ``_put_update``, so every write path (single, batch, transaction commit) honours it.
+- Declared indexes (:mod:`mock_server.indexes`) are rewritten in ``_record``, which every
+  committed record write passes (trash restores too); a trigger removes them with the row.
+  Finds use them only outside client transactions (staged writes are not indexed).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ Decisions worth knowing:
   narrows the scan and never changes the answer.
 - ``btree`` is served by the same blind index: its exact matches are fast, its ranges still
   scan. An order-revealing index would show every value's rank on disk; we do not build one.
+- An index is trusted only once ``ds_index_built`` says it was built from every record
+  (a data dir from before indexes may declare one without rows; such fields scan).
 - Deletes need no key, so a SQLite trigger removes a record's rows with it (any delete path,
   collection drops included); inserts and updates write rows in the same transaction.
 """
