@@ -31,6 +31,9 @@ Decisions worth knowing:
   then read and stage through the transaction, so every check above applies inside it.
 - A collection's schema (:mod:`mock_server.schemas`) is applied in ``_put_new`` and
   ``_put_update``, so every write path (single, batch, transaction commit) honours it.
+- Declared indexes (:mod:`mock_server.indexes`) are rewritten in ``_record``, which every
+  committed record write passes (trash restores too); a trigger removes them with the row.
+  Finds use them only outside client transactions (staged writes are not indexed).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from mock_server.changes import Change, ChangeFeed, Operation
 from mock_server.compat import BATCH_OPTIONS, FIND_OPTIONS, ITEM_OPTIONS, strip_options
 from mock_server.crypto import DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError, bad_request, forbidden
+from mock_server.indexes import INDEX_SCHEMA, BlindIndex, indexed_fields, plan
 from mock_server.permissions import (
     Level,
     PermissionDenied,
@@ -62,6 +66,7 @@ from mock_server.permissions import (
     validate_resource_name,
 )
 from mock_server.query import (
+    Filter,
     QueryError,
     decode_cursor,
     encode_cursor,
@@ -125,6 +130,7 @@ register_schema(
     CREATE INDEX IF NOT EXISTS ds_records_scan ON ds_records(cidx, seq);
     """
 )
+register_schema(INDEX_SCHEMA)
 
 
 class Caller(Protocol):
@@ -316,6 +322,7 @@ class DataStore:
         self._max_batch = max_batch
         self._clock = clock
         self._schemas = SchemaStore(keyring)
+        self._indexes = BlindIndex(keyring)
         #: Called inside the transaction just before a record row is deleted, with
         #: (connection, collection, cidx, record id, caller): the trash keeps a copy.
         self.removal_hooks: list[Callable[[sqlite3.Connection, str, bytes, str, Caller],
@@ -402,6 +409,23 @@ class DataStore:
         for seq, ridx, rid, data in rows:
             yield seq, self._open(collection, self._open_id(collection, ridx, rid), data)
 
+    def _candidates(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+                    flt: Filter | None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """What the filter must be applied to, in seq order: the records a declared index
+        names when it covers every match (:mod:`mock_server.indexes`), else all of them.
+        Inside a client transaction staged rows are not indexed, so it always scans."""
+        if flt is not None and OVERLAY.get() is None:
+            declared = indexed_fields(self._schemas.get(conn, collection, cidx))
+            lookups = plan(flt, self._indexes.built(conn, collection, cidx, declared))
+            rows = (None if lookups is None
+                    else self._indexes.rows(conn, collection, cidx, lookups))
+            if rows is not None:
+                for seq, ridx, rid, data in rows:
+                    yield seq, self._open(collection, self._open_id(collection, ridx, rid),
+                                          data)
+                return
+        yield from self._scan_seq(conn, collection, cidx)
+
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
                  caller: Caller, operation: str, *,
                  record_id: str | None = None) -> dict[str, Any]:
@@ -451,13 +475,25 @@ class DataStore:
     def _record(self, tx: _Tx, caller: Caller, operation: str, collection: str,
                 record_id: str, change: Operation, content: Mapping[str, Any] | None,
                 fields: Sequence[str] = ()) -> None:
-        """Audit (names of fields only, never values) and queue the change event."""
+        """Audit (names of fields only, never values), keep declared indexes, and queue the
+        change event. Every committed record write passes here (trash restores too)."""
+        if content is not None:
+            self._reindex(tx.conn, collection, record_id, content)
         details = {"fields": list(fields)} if fields else None
         self._audit.record(operation, key_id=caller.key_id, label=caller.label,
                            resource=collection, target_id=record_id, details=details)
         tx.changes.append(Change(collection, record_id, change,
                                  copy.deepcopy(dict(content)) if content is not None else None,
                                  caller.key_id, self._clock()))
+
+    def _reindex(self, conn: sqlite3.Connection, collection: str, record_id: str,
+                 content: Mapping[str, Any]) -> None:
+        """Rewrite one record's index rows (deletes: the ``ds_index_gone`` trigger)."""
+        cidx = self._cidx(collection)
+        fields = indexed_fields(self._schemas.get(conn, collection, cidx))
+        if fields:
+            self._indexes.write(conn, collection, cidx, self._ridx(collection, record_id),
+                                content, fields)
 
     def _conform(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
                  record: dict[str, Any], *, new: bool) -> dict[str, Any]:
@@ -544,6 +580,8 @@ class DataStore:
                                f"collection {_show(collection)} already exists") from None
             if parsed is not None:
                 self._schemas.put(tx.conn, collection, cidx, parsed)
+                self._index_declared(tx.conn, collection, cidx, frozenset(),
+                                     indexed_fields(parsed))
             self._audit.record("collection.create", key_id=caller.key_id, label=caller.label,
                                resource=collection)
         return collection
@@ -553,6 +591,7 @@ class DataStore:
         self._require(caller, collection, Level.ADMIN)
         with self._writing() as tx:
             cidx = self._exists(tx.conn, collection)
+            self._indexes.drop(tx.conn, collection, cidx)
             tx.conn.execute("DELETE FROM ds_records WHERE cidx = ?", (cidx,))
             tx.conn.execute("DELETE FROM ds_collections WHERE cidx = ?", (cidx,))
             self._schemas.drop(tx.conn, cidx)
@@ -574,13 +613,32 @@ class DataStore:
         self._require(caller, collection, Level.ADMIN)
         with self._writing() as tx:
             cidx = self._exists(tx.conn, collection)
-            schema = parse_constraints(body, self._schemas.get(tx.conn, collection, cidx))
+            before = self._schemas.get(tx.conn, collection, cidx)
+            schema = parse_constraints(body, before)
             check_existing(schema, self._scan(tx.conn, collection, cidx))
             self._schemas.put(tx.conn, collection, cidx, schema)
+            self._index_declared(tx.conn, collection, cidx, indexed_fields(before),
+                                 indexed_fields(schema))
             self._audit.record("collection.schema", key_id=caller.key_id, label=caller.label,
                                resource=collection,
                                details={"fields": sorted(schema.fields)})
         return schema.to_wire()
+
+    def _index_declared(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+                        before: frozenset[str], after: frozenset[str]) -> None:
+        """Build declared indexes not built yet (from the stored records), drop undeclared
+        ones."""
+        for field_name in before - after:
+            self._indexes.drop(conn, collection, cidx, field_name)
+        added = sorted(after - self._indexes.built(conn, collection, cidx, after))
+        if not added:
+            return
+        rows = conn.execute("SELECT ridx, rid, data FROM ds_records WHERE cidx = ?",
+                            (cidx,)).fetchall()
+        records = [(bytes(ridx), self._open(collection, self._open_id(collection, ridx, rid),
+                                            data)) for ridx, rid, data in rows]
+        for field_name in added:
+            self._indexes.build(conn, collection, cidx, field_name, records)
 
     def list_collections(self, caller: Caller) -> list[str]:
         """Names the caller may read, sorted."""
@@ -682,8 +740,8 @@ class DataStore:
         paths = set(flt.fields() if flt is not None else ()) | {k.field for k in sort}
         self._require_readable(caller, name, paths)
         conn = self._storage.conn
-        rows, has_more = keyset_page(self._scan_seq(conn, name, self._exists(conn, name)),
-                                     flt, sort, limit, skip, cursor)
+        rows, has_more = keyset_page(self._candidates(conn, name, self._exists(conn, name),
+                                                      flt), flt, sort, limit, skip, cursor)
         records = [_narrow(caller.scope.project(name, r), select, exclude)
                    for _, r in rows]
         next_cursor = encode_cursor(rows[-1][1], rows[-1][0], sort) if has_more else None
@@ -822,7 +880,7 @@ class DataStore:
         ok: list[str] = []
         with self._writing() as tx:
             cidx = self._exists(tx.conn, name)
-            for record in self._scan(tx.conn, name, cidx):
+            for _, record in list(self._candidates(tx.conn, name, cidx, flt)):
                 if flt.matches(record):
                     self._remove(tx, name, cidx, record["id"], caller, "record.batch_delete")
                     ok.append(record["id"])
@@ -931,6 +989,6 @@ class DataStore:
         if flt is not None:
             self._require_readable(caller, name, set(flt.fields()))
         conn = self._storage.conn
-        records = self._scan(conn, name, self._exists(conn, name))
+        records = self._candidates(conn, name, self._exists(conn, name), flt)
         scope = caller.scope
-        return (scope.project(name, r) for r in records if flt is None or flt.matches(r))
+        return (scope.project(name, r) for _, r in records if flt is None or flt.matches(r))

@@ -18,6 +18,9 @@ Decisions worth knowing:
 - A schema update must hold for the records already stored (409 ``schema_conflict``
   naming the field otherwise), so the schema is always true of every record.
 - The schema is stored encrypted like the records (enum values and defaults are data).
+- ``index`` (``{"type": "hash" | "btree" | "text" | "vector"}``): hash and btree build a
+  blind equality index that finds use (:mod:`mock_server.indexes`); declaring one on a
+  collection with records builds it from them in the schema update's transaction.
 """
 
 from __future__ import annotations
@@ -197,6 +200,9 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+#: ekoDB's index types; hash and btree build a blind equality index
+#: (:mod:`mock_server.indexes`), text and vector are served by :mod:`mock_server.search`.
+INDEX_KINDS: Final = ("hash", "btree", "text", "vector")
 _FIELD_KEYS: Final = ("field_type", "required", "unique", "enums", "min", "max", "regex",
                       "default", "index")
 _SCHEMA_KEYS: Final = ("fields", "version", "created_at", "last_modified", "bypass_ripple")
@@ -242,8 +248,11 @@ def _field(name: str, raw: Mapping[str, Any], base: FieldSchema | None) -> Field
         except re.error as exc:
             raise _bad(f"{where}: regex does not compile: {exc}", "validation_error") from None
     index = attrs.get("index")
-    if index is not None and not isinstance(index, dict):
-        raise _bad(f"{where}: index must be an object", "validation_error")
+    if index is not None and (not isinstance(index, dict)
+                              or str(index.get("type", "")).lower() not in INDEX_KINDS):
+        raise _bad(f"{where}: index must be an object whose type is one of "
+                   f"{', '.join(INDEX_KINDS)} (hash and btree build an equality index)",
+                   "validation_error")
     spec = FieldSchema(**attrs)
     if spec.default is not None:
         problem = FieldSchema(**{**attrs, "unique": False}).problem(name, spec.default)
