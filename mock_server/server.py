@@ -317,10 +317,15 @@ class ReferenceServer:
             # the route's own 64 KiB check stays the one that answers with a reason
             ws_max_size=MAX_FRAME + 1024,
             h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
-            # Mozilla "intermediate" TLS (mock_server.tls.harden), also for a user's cert
-            ssl_context_factory=(lambda _config, default: harden(default())) if ssl else None,
             **ssl,
         )
+        if ssl:
+            # Mozilla "intermediate" TLS (mock_server.tls.harden), also for a user's cert:
+            # load() builds uvicorn's context now (serve() then skips it) so it is hardened
+            # in place; uvicorn's ssl_context_factory would do it but needs a newer uvicorn
+            uv_config.load()
+            assert uv_config.ssl is not None
+            harden(uv_config.ssl)
         self._server = uvicorn.Server(uv_config)
         sock = self._sock
         server = self._server
