@@ -7,17 +7,16 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import ssl
-import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from mock_server.config import ServerConfig
 from mock_server.ratelimit import RateLimiter, SharedTatStore
 from mock_server.server import ReferenceServer
 from tests.server.conftest import Api, assert_error, tls_context
+from tests.server.test_ratelimit import assert_exact_under_threads
 
 TOKEN = "/api/auth/token"
 
@@ -83,23 +82,7 @@ def test_shared_store_is_exact_across_threads_and_restarts(tmp_path: Path) -> No
     now = [1000.0]
     path = tmp_path / "rl.shm"
     limiter = RateLimiter(60.0, store=SharedTatStore(path, clock=lambda: now[0]))
-    allowed: list[bool] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(40):
-            d = limiter.hit("k", 50)
-            with lock:
-                allowed.append(d.allowed)
-
-    threads = [threading.Thread(target=worker) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(allowed) == 50
-    denied = limiter.hit("k", 50)
-    assert not denied.allowed and denied.retry_after == pytest.approx(1.2)
+    assert_exact_under_threads(limiter)
     limiter.close()
     again = RateLimiter(60.0, store=SharedTatStore(path, clock=lambda: now[0]))
     assert not again.hit("k", 50).allowed  # a restart keeps the window

@@ -178,10 +178,8 @@ def test_limit_shared_by_processes_and_kept_across_restart(tmp_path: Path) -> No
             assert_rate_limited(http.get(f"{a.url}{PERMS}", headers=h))
 
 
-def test_sqlite_store_exact_across_threads(tmp_path: Path) -> None:
-    now = [1000.0]
-    limiter = RateLimiter(60.0, store=SqliteTatStore(tmp_path / "rl.sqlite3",
-                                                     clock=lambda: now[0]))
+def assert_exact_under_threads(limiter: RateLimiter) -> Any:
+    """200 hits from 5 threads on a limit of 50/min: exactly 50 allowed; the next denial."""
     allowed: list[bool] = []
     lock = threading.Lock()
 
@@ -199,6 +197,14 @@ def test_sqlite_store_exact_across_threads(tmp_path: Path) -> None:
     assert sum(allowed) == 50
     denied = limiter.hit("k", 50)
     assert not denied.allowed and denied.retry_after == pytest.approx(1.2)
+    return denied
+
+
+def test_sqlite_store_exact_across_threads(tmp_path: Path) -> None:
+    now = [1000.0]
+    limiter = RateLimiter(60.0, store=SqliteTatStore(tmp_path / "rl.sqlite3",
+                                                     clock=lambda: now[0]))
+    denied = assert_exact_under_threads(limiter)
     assert denied.reset == pytest.approx(60.0)
     now[0] += 1.2
     assert limiter.hit("k", 50).allowed
