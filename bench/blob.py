@@ -78,7 +78,14 @@ def main() -> None:
     size = args.size_mib * MIB
     rates: dict[str, list[float]] = {k: [] for k in (
         "sdk up", "raw up", "sdk down", "raw down", "raw+sums up", "raw+sums down")}
+    cpu: dict[str, list[float]] = {k: [] for k in rates}
     growth: dict[str, list[float]] = {"up": [], "down": []}
+
+    def took(key: str, start: float, cpu0: float) -> None:
+        """Throughput, and this thread's CPU per MiB (the client's own cost: less noisy
+        than wall time on a shared machine, and it leaves out the RSS sampler thread)."""
+        rates[key].append(args.size_mib / (time.perf_counter() - start))
+        cpu[key].append((time.thread_time() - cpu0) * 1000 / args.size_mib)
 
     with reference_server() as server:
         assert server.admin_key and server.ca_bundle and server.proc
@@ -99,17 +106,17 @@ def main() -> None:
             def sdk_round() -> None:
                 sent = hashlib.sha256()
                 with PeakRss(**procs) as up:
-                    start = time.perf_counter()
+                    start, cpu0 = time.perf_counter(), time.thread_time()
                     meta = bs.put("bench", "big", body(size, sent))
-                    rates["sdk up"].append(args.size_mib / (time.perf_counter() - start))
+                    took("sdk up", start, cpu0)
                 assert meta.length == size and meta.sha256 == sent.hexdigest()
                 got = hashlib.sha256()
                 with PeakRss(**procs) as down:
-                    start = time.perf_counter()
+                    start, cpu0 = time.perf_counter(), time.thread_time()
                     with bs.get("bench", "big") as blob:
                         for piece in blob.iter_bytes():
                             got.update(piece)
-                    rates["sdk down"].append(args.size_mib / (time.perf_counter() - start))
+                    took("sdk down", start, cpu0)
                 assert got.hexdigest() == sent.hexdigest()
                 growth["up"].append(up.growth_mib("client") * 1024 / args.size_mib)
                 growth["down"].append(down.growth_mib("client") * 1024 / args.size_mib)
@@ -128,21 +135,21 @@ def main() -> None:
                             sha.update(piece)
                         yield piece
 
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.thread_time()
                 r = raw.put(url, content=upload(), headers={
                     **auth, "Content-Type": "application/octet-stream",
                     "Idempotency-Key": uuid.uuid4().hex})
                 r.raise_for_status()
-                rates[f"{name} up"].append(args.size_mib / (time.perf_counter() - start))
+                took(f"{name} up", start, cpu0)
                 got, check = hashlib.sha256(), hashlib.sha256()
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.thread_time()
                 with raw.stream("GET", url, headers=auth) as r:
                     r.raise_for_status()
                     for piece in r.iter_bytes():
                         got.update(piece)
                         if sums:
                             check.update(piece)
-                rates[f"{name} down"].append(args.size_mib / (time.perf_counter() - start))
+                took(f"{name} down", start, cpu0)
                 assert got.hexdigest() == sent.hexdigest()
 
             for _ in range(args.rounds):
@@ -161,6 +168,8 @@ def main() -> None:
               f"(goal >= 0.95); / raw httpx + checksums "
               f"{med['sdk ' + phase] / med['raw+sums ' + phase]:.3f}x; client RSS growth "
               f"{max(growth[phase]):.1f} MiB per GiB (goal < 64)")
+        print(f"        client CPU ms/MiB: raw httpx {spread(cpu['raw ' + phase])}   + checksums "
+              f"{spread(cpu['raw+sums ' + phase])}   ekoclient {spread(cpu['sdk ' + phase])}")
 
 
 if __name__ == "__main__":
