@@ -141,6 +141,8 @@ def _buffered(status: int, headers: Any, content: bytes, request: httpx.Request
         response.read()
     else:
         response._content = content  # httpx 0.27/0.28 keep the read body here
+    # read whole and the connection already back in the pool: nothing left to close
+    response.is_stream_consumed = response.is_closed = True
     return response
 
 
@@ -154,27 +156,26 @@ def _wire(request: httpx.Request) -> tuple[str, Any]:
 # ------------------------------------------------------------------------- aiohttp (async)
 
 
-@contextmanager
-def _aiohttp_errors() -> Iterator[None]:
+#: what :func:`_aiohttp_failure` maps (caught by a plain ``except`` on the hot path: a
+#: ``@contextmanager`` there cost a generator per request)
+_AIOHTTP_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def _aiohttp_failure(exc: BaseException) -> httpx.HTTPError:
     """aiohttp's exceptions as httpx's, so one mapping (``_failure``) serves every pool."""
-    try:
-        yield
-    except aiohttp.SocketTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "connect timed out") from exc
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-        raise httpx.TimeoutException(str(exc) or "timed out") from exc
-    except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
-        raise httpx.ProxyError(str(exc)) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout(str(exc) or "read timed out")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(str(exc) or "connect timed out")
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return httpx.TimeoutException(str(exc) or "timed out")
+    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+        return httpx.ProxyError(str(exc))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        return httpx.RemoteProtocolError(str(exc))
+    return httpx.ReadError(f"{type(exc).__name__}: {exc}")
 
 
 class _AiohttpStream(httpx.AsyncByteStream):
@@ -182,9 +183,11 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _aiohttp_errors():
+        try:
             async for chunk in self._response.content.iter_chunked(_CHUNK):
                 yield chunk
+        except _AIOHTTP_ERRORS as exc:
+            raise _aiohttp_failure(exc) from exc
 
     async def aclose(self) -> None:
         if self._response.content.at_eof():
@@ -204,6 +207,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_expiry
         self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[Any, Any, Any], aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -227,21 +231,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             data = body = _Body(request.stream)
             request.headers.pop("transfer-encoding", None)
         url, headers = _wire(request)
+        key = (read, connect, pool)
+        client_timeout = self._timeouts.get(key)
+        if client_timeout is None:  # one per distinct timeout: built once, not per request
+            client_timeout = aiohttp.ClientTimeout(
+                total=None, sock_read=read, sock_connect=connect,
+                connect=None if pool is None or connect is None else pool + connect)
+            if len(self._timeouts) < 64:  # per-call deadlines make ever new ones
+                self._timeouts[key] = client_timeout
         try:
-            with _aiohttp_errors():
-                response = await session.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False,
-                    compress=None, proxy=self._proxy,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_read=read, sock_connect=connect,
-                        connect=None if pool is None or connect is None else pool + connect))
-        except httpx.HTTPError:
+            response = await session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False,
+                compress=None, proxy=self._proxy, timeout=client_timeout)
+        except _AIOHTTP_ERRORS as exc:
             if body is not None:
                 body.reraise()
-            raise
+            raise _aiohttp_failure(exc) from exc
         if getattr(request, "buffered", False):
-            with _aiohttp_errors():
+            try:
                 content = await response.read()  # one C-level read, then the pool has it back
+            except _AIOHTTP_ERRORS as exc:
+                raise _aiohttp_failure(exc) from exc
             return _buffered(response.status, response.raw_headers, content, request)
         return httpx.Response(
             status_code=response.status, headers=response.raw_headers,
@@ -531,7 +541,7 @@ class SyncTransport:
             request = _fast_request(method, url, params, content, self._defaults, headers,
                                     _with_timeout(self._extensions, phases), not stream)
             response = self._fast.handle_request(request)
-            if not stream:
+            if not stream and not response.is_closed:
                 try:
                     response.read()
                 finally:
@@ -602,7 +612,7 @@ class AsyncTransport:
             request = _fast_request(method, url, params, content, self._defaults, headers,
                                     _with_timeout(self._extensions, phases), not stream)
             response = await self._fast.handle_async_request(request)
-            if not stream:
+            if not stream and not response.is_closed:
                 try:
                     await response.aread()
                 finally:
