@@ -19,7 +19,6 @@ import builtins
 import ssl
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -268,26 +267,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 # ------------------------------------------------------------------------- urllib3 (sync)
 
 
-@contextmanager
-def _urllib3_errors() -> Iterator[None]:
-    try:
-        yield
-    except u3.EmptyPoolError as exc:
-        raise httpx.PoolTimeout(f"no free connection in the pool: {exc}") from exc
-    except u3.ConnectTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc)) from exc
-    except u3.ReadTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc)) from exc
-    except u3.ProxyError as exc:
-        raise httpx.ProxyError(str(exc)) from exc
-    except (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError) as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    except (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead) as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except (u3.HTTPError, OSError) as exc:
-        if isinstance(exc, builtins.TimeoutError):  # socket.timeout mid-stream
-            raise httpx.TimeoutException(str(exc)) from exc
-        raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+_URLLIB3_ERRORS = (u3.HTTPError, OSError)
+
+
+def _urllib3_failure(exc: BaseException) -> httpx.HTTPError:
+    """urllib3's exceptions as httpx's (a function, not a ``@contextmanager``: see aiohttp's)."""
+    if isinstance(exc, u3.EmptyPoolError):
+        return httpx.PoolTimeout(f"no free connection in the pool: {exc}")
+    if isinstance(exc, u3.ConnectTimeoutError):
+        return httpx.ConnectTimeout(str(exc))
+    if isinstance(exc, u3.ReadTimeoutError):
+        return httpx.ReadTimeout(str(exc))
+    if isinstance(exc, u3.ProxyError):
+        return httpx.ProxyError(str(exc))
+    if isinstance(exc, (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError)):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead)):
+        return httpx.RemoteProtocolError(str(exc))
+    if isinstance(exc, builtins.TimeoutError):  # socket.timeout mid-stream
+        return httpx.TimeoutException(str(exc))
+    return httpx.ReadError(f"{type(exc).__name__}: {exc}")
 
 
 class _Urllib3Stream(httpx.SyncByteStream):
@@ -295,8 +294,10 @@ class _Urllib3Stream(httpx.SyncByteStream):
         self._response = response
 
     def __iter__(self) -> Iterator[bytes]:
-        with _urllib3_errors():
+        try:
             yield from self._response.stream(_CHUNK, decode_content=False)
+        except _URLLIB3_ERRORS as exc:
+            raise _urllib3_failure(exc) from exc
 
     def close(self) -> None:
         r = self._response
@@ -320,6 +321,7 @@ class Urllib3Transport(httpx.BaseTransport):
             warnings.filterwarnings("ignore", category=u3.InsecureRequestWarning)
         self._pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw))
+        self._timeouts: dict[tuple[Any, Any], urllib3.Timeout] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
@@ -338,23 +340,28 @@ class Urllib3Transport(httpx.BaseTransport):
         write = timeout.get("write")
         if connect is not None and write is not None:
             connect = max(connect, write)
+        read = timeout.get("read")
+        u3_timeout = self._timeouts.get((connect, read))
+        if u3_timeout is None:  # one per distinct timeout: built once, not per request
+            u3_timeout = urllib3.Timeout(connect=connect, read=read)
+            if len(self._timeouts) < 64:  # per-call deadlines make ever new ones
+                self._timeouts[(connect, read)] = u3_timeout
+        url, headers = _wire(request)
         try:
-            url, headers = _wire(request)
-            with _urllib3_errors():
-                response = self._pool.urlopen(
-                    request.method, url, body=body, headers=dict(headers), redirect=False,
-                    retries=False, preload_content=False, decode_content=False,
-                    chunked=chunked, assert_same_host=False,
-                    timeout=urllib3.Timeout(connect=connect, read=timeout.get("read")),
-                    pool_timeout=timeout.get("pool"))
-        except httpx.HTTPError:
+            response = self._pool.urlopen(
+                request.method, url, body=body, headers=dict(headers), redirect=False,
+                retries=False, preload_content=False, decode_content=False,
+                chunked=chunked, assert_same_host=False, timeout=u3_timeout,
+                pool_timeout=timeout.get("pool"))
+        except _URLLIB3_ERRORS as exc:
             if streamed is not None:
                 streamed.reraise()
-            raise
+            raise _urllib3_failure(exc) from exc
         if getattr(request, "buffered", False):
             try:
-                with _urllib3_errors():
-                    content = response.read()
+                content = response.read()
+            except _URLLIB3_ERRORS as exc:
+                raise _urllib3_failure(exc) from exc
             finally:
                 _Urllib3Stream(response).close()
             return _buffered(response.status, list(response.headers.items()), content, request)
