@@ -274,14 +274,16 @@ def _urllib3_failure(exc: BaseException) -> httpx.HTTPError:
     """urllib3's exceptions as httpx's (a function, not a ``@contextmanager``: see aiohttp's)."""
     if isinstance(exc, u3.EmptyPoolError):
         return httpx.PoolTimeout(f"no free connection in the pool: {exc}")
+    if isinstance(exc, u3.ProxyError):
+        return httpx.ProxyError(str(exc))
+    # before ConnectTimeoutError: urllib3 2 derives NewConnectionError (refused, unreachable,
+    # unknown name) from it, and a refused connection is not a timeout
+    if isinstance(exc, (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError)):
+        return httpx.ConnectError(str(exc))
     if isinstance(exc, u3.ConnectTimeoutError):
         return httpx.ConnectTimeout(str(exc))
     if isinstance(exc, u3.ReadTimeoutError):
         return httpx.ReadTimeout(str(exc))
-    if isinstance(exc, u3.ProxyError):
-        return httpx.ProxyError(str(exc))
-    if isinstance(exc, (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError)):
-        return httpx.ConnectError(str(exc))
     if isinstance(exc, (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead)):
         return httpx.RemoteProtocolError(str(exc))
     if isinstance(exc, builtins.TimeoutError):  # socket.timeout mid-stream
