@@ -78,7 +78,14 @@ def main() -> None:
     size = args.size_mib * MIB
     rates: dict[str, list[float]] = {k: [] for k in (
         "sdk up", "raw up", "sdk down", "raw down", "raw+sums up", "raw+sums down")}
+    cpu: dict[str, list[float]] = {k: [] for k in rates}
     growth: dict[str, list[float]] = {"up": [], "down": []}
+
+    def took(key: str, start: float, cpu0: float) -> None:
+        """Throughput, and this thread's CPU per MiB (the client's own cost: less noisy
+        than wall time on a shared machine, and it leaves out the RSS sampler thread)."""
+        rates[key].append(args.size_mib / (time.perf_counter() - start))
+        cpu[key].append((time.thread_time() - cpu0) * 1000 / args.size_mib)
 
     with reference_server() as server:
         assert server.admin_key and server.ca_bundle and server.proc
@@ -99,51 +106,50 @@ def main() -> None:
             def sdk_round() -> None:
                 sent = hashlib.sha256()
                 with PeakRss(**procs) as up:
-                    start = time.perf_counter()
+                    start, cpu0 = time.perf_counter(), time.thread_time()
                     meta = bs.put("bench", "big", body(size, sent))
-                    rates["sdk up"].append(args.size_mib / (time.perf_counter() - start))
+                    took("sdk up", start, cpu0)
                 assert meta.length == size and meta.sha256 == sent.hexdigest()
                 got = hashlib.sha256()
                 with PeakRss(**procs) as down:
-                    start = time.perf_counter()
+                    start, cpu0 = time.perf_counter(), time.thread_time()
                     with bs.get("bench", "big") as blob:
                         for piece in blob.iter_bytes():
                             got.update(piece)
-                    rates["sdk down"].append(args.size_mib / (time.perf_counter() - start))
+                    took("sdk down", start, cpu0)
                 assert got.hexdigest() == sent.hexdigest()
                 growth["up"].append(up.growth_mib("client") * 1024 / args.size_mib)
                 growth["down"].append(down.growth_mib("client") * 1024 / args.size_mib)
 
             def raw_round(sums: bool) -> None:
-                """Raw httpx; with ``sums`` it also computes the checksums the SDK does
-                (md5 + sha256 up, sha256 down), to separate transport from integrity cost."""
+                """Raw httpx; with ``sums`` it also computes the checksum the SDK does (sha256
+                of every byte, both ways), to separate transport from integrity cost."""
                 name = "raw+sums" if sums else "raw"
                 sent = hashlib.sha256()
                 url = f"{server.url}/api/blob/bench/raw"
 
                 def upload() -> Iterator[bytes]:
-                    md5, sha = hashlib.md5(), hashlib.sha256()
+                    sha = hashlib.sha256()
                     for piece in body(size, sent):
                         if sums:
-                            md5.update(piece)
                             sha.update(piece)
                         yield piece
 
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.thread_time()
                 r = raw.put(url, content=upload(), headers={
                     **auth, "Content-Type": "application/octet-stream",
                     "Idempotency-Key": uuid.uuid4().hex})
                 r.raise_for_status()
-                rates[f"{name} up"].append(args.size_mib / (time.perf_counter() - start))
+                took(f"{name} up", start, cpu0)
                 got, check = hashlib.sha256(), hashlib.sha256()
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.thread_time()
                 with raw.stream("GET", url, headers=auth) as r:
                     r.raise_for_status()
                     for piece in r.iter_bytes():
                         got.update(piece)
                         if sums:
                             check.update(piece)
-                rates[f"{name} down"].append(args.size_mib / (time.perf_counter() - start))
+                took(f"{name} down", start, cpu0)
                 assert got.hexdigest() == sent.hexdigest()
 
             for _ in range(args.rounds):
@@ -162,6 +168,8 @@ def main() -> None:
               f"(goal >= 0.95); / raw httpx + checksums "
               f"{med['sdk ' + phase] / med['raw+sums ' + phase]:.3f}x; client RSS growth "
               f"{max(growth[phase]):.1f} MiB per GiB (goal < 64)")
+        print(f"        client CPU ms/MiB: raw httpx {spread(cpu['raw ' + phase])}   + checksums "
+              f"{spread(cpu['raw+sums ' + phase])}   ekoclient {spread(cpu['sdk ' + phase])}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import builtins
 import ssl
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -141,6 +140,8 @@ def _buffered(status: int, headers: Any, content: bytes, request: httpx.Request
         response.read()
     else:
         response._content = content  # httpx 0.27/0.28 keep the read body here
+    # read whole and the connection already back in the pool: nothing left to close
+    response.is_stream_consumed = response.is_closed = True
     return response
 
 
@@ -154,27 +155,26 @@ def _wire(request: httpx.Request) -> tuple[str, Any]:
 # ------------------------------------------------------------------------- aiohttp (async)
 
 
-@contextmanager
-def _aiohttp_errors() -> Iterator[None]:
+#: what :func:`_aiohttp_failure` maps (caught by a plain ``except`` on the hot path: a
+#: ``@contextmanager`` there cost a generator per request)
+_AIOHTTP_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def _aiohttp_failure(exc: BaseException) -> httpx.HTTPError:
     """aiohttp's exceptions as httpx's, so one mapping (``_failure``) serves every pool."""
-    try:
-        yield
-    except aiohttp.SocketTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "connect timed out") from exc
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-        raise httpx.TimeoutException(str(exc) or "timed out") from exc
-    except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
-        raise httpx.ProxyError(str(exc)) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout(str(exc) or "read timed out")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(str(exc) or "connect timed out")
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return httpx.TimeoutException(str(exc) or "timed out")
+    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+        return httpx.ProxyError(str(exc))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        return httpx.RemoteProtocolError(str(exc))
+    return httpx.ReadError(f"{type(exc).__name__}: {exc}")
 
 
 class _AiohttpStream(httpx.AsyncByteStream):
@@ -182,9 +182,11 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _aiohttp_errors():
+        try:
             async for chunk in self._response.content.iter_chunked(_CHUNK):
                 yield chunk
+        except _AIOHTTP_ERRORS as exc:
+            raise _aiohttp_failure(exc) from exc
 
     async def aclose(self) -> None:
         if self._response.content.at_eof():
@@ -204,6 +206,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_expiry
         self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[Any, Any, Any], aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -227,21 +230,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             data = body = _Body(request.stream)
             request.headers.pop("transfer-encoding", None)
         url, headers = _wire(request)
+        key = (read, connect, pool)
+        client_timeout = self._timeouts.get(key)
+        if client_timeout is None:  # one per distinct timeout: built once, not per request
+            client_timeout = aiohttp.ClientTimeout(
+                total=None, sock_read=read, sock_connect=connect,
+                connect=None if pool is None or connect is None else pool + connect)
+            if len(self._timeouts) < 64:  # per-call deadlines make ever new ones
+                self._timeouts[key] = client_timeout
         try:
-            with _aiohttp_errors():
-                response = await session.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False,
-                    compress=None, proxy=self._proxy,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_read=read, sock_connect=connect,
-                        connect=None if pool is None or connect is None else pool + connect))
-        except httpx.HTTPError:
+            response = await session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False,
+                compress=None, proxy=self._proxy, timeout=client_timeout)
+        except _AIOHTTP_ERRORS as exc:
             if body is not None:
                 body.reraise()
-            raise
+            raise _aiohttp_failure(exc) from exc
         if getattr(request, "buffered", False):
-            with _aiohttp_errors():
+            try:
                 content = await response.read()  # one C-level read, then the pool has it back
+            except _AIOHTTP_ERRORS as exc:
+                raise _aiohttp_failure(exc) from exc
             return _buffered(response.status, response.raw_headers, content, request)
         return httpx.Response(
             status_code=response.status, headers=response.raw_headers,
@@ -258,28 +267,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 # ------------------------------------------------------------------------- urllib3 (sync)
 
 
-@contextmanager
-def _urllib3_errors() -> Iterator[None]:
-    try:
-        yield
-    except u3.EmptyPoolError as exc:
-        raise httpx.PoolTimeout(f"no free connection in the pool: {exc}") from exc
-    except (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError) as exc:
-        # before ConnectTimeoutError: urllib3's NewConnectionError subclasses it, so a
-        # refused connection would otherwise be reported as a timeout
-        raise httpx.ConnectError(str(exc)) from exc
-    except u3.ConnectTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc)) from exc
-    except u3.ReadTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc)) from exc
-    except u3.ProxyError as exc:
-        raise httpx.ProxyError(str(exc)) from exc
-    except (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead) as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except (u3.HTTPError, OSError) as exc:
-        if isinstance(exc, builtins.TimeoutError):  # socket.timeout mid-stream
-            raise httpx.TimeoutException(str(exc)) from exc
-        raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+_URLLIB3_ERRORS = (u3.HTTPError, OSError)
+
+
+def _urllib3_failure(exc: BaseException) -> httpx.HTTPError:
+    """urllib3's exceptions as httpx's (a function, not a ``@contextmanager``: see aiohttp's)."""
+    if isinstance(exc, u3.EmptyPoolError):
+        return httpx.PoolTimeout(f"no free connection in the pool: {exc}")
+    if isinstance(exc, u3.ProxyError):
+        return httpx.ProxyError(str(exc))
+    # before ConnectTimeoutError: urllib3 2 derives NewConnectionError (refused, unreachable,
+    # unknown name) from it, and a refused connection is not a timeout
+    if isinstance(exc, (u3.SSLError, u3.NewConnectionError, u3.NameResolutionError)):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, u3.ConnectTimeoutError):
+        return httpx.ConnectTimeout(str(exc))
+    if isinstance(exc, u3.ReadTimeoutError):
+        return httpx.ReadTimeout(str(exc))
+    if isinstance(exc, (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead)):
+        return httpx.RemoteProtocolError(str(exc))
+    if isinstance(exc, builtins.TimeoutError):  # socket.timeout mid-stream
+        return httpx.TimeoutException(str(exc))
+    return httpx.ReadError(f"{type(exc).__name__}: {exc}")
 
 
 class _Urllib3Stream(httpx.SyncByteStream):
@@ -287,8 +296,10 @@ class _Urllib3Stream(httpx.SyncByteStream):
         self._response = response
 
     def __iter__(self) -> Iterator[bytes]:
-        with _urllib3_errors():
+        try:
             yield from self._response.stream(_CHUNK, decode_content=False)
+        except _URLLIB3_ERRORS as exc:
+            raise _urllib3_failure(exc) from exc
 
     def close(self) -> None:
         r = self._response
@@ -312,6 +323,7 @@ class Urllib3Transport(httpx.BaseTransport):
             warnings.filterwarnings("ignore", category=u3.InsecureRequestWarning)
         self._pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw))
+        self._timeouts: dict[tuple[Any, Any], urllib3.Timeout] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
@@ -330,23 +342,28 @@ class Urllib3Transport(httpx.BaseTransport):
         write = timeout.get("write")
         if connect is not None and write is not None:
             connect = max(connect, write)
+        read = timeout.get("read")
+        u3_timeout = self._timeouts.get((connect, read))
+        if u3_timeout is None:  # one per distinct timeout: built once, not per request
+            u3_timeout = urllib3.Timeout(connect=connect, read=read)
+            if len(self._timeouts) < 64:  # per-call deadlines make ever new ones
+                self._timeouts[(connect, read)] = u3_timeout
+        url, headers = _wire(request)
         try:
-            url, headers = _wire(request)
-            with _urllib3_errors():
-                response = self._pool.urlopen(
-                    request.method, url, body=body, headers=dict(headers), redirect=False,
-                    retries=False, preload_content=False, decode_content=False,
-                    chunked=chunked, assert_same_host=False,
-                    timeout=urllib3.Timeout(connect=connect, read=timeout.get("read")),
-                    pool_timeout=timeout.get("pool"))
-        except httpx.HTTPError:
+            response = self._pool.urlopen(
+                request.method, url, body=body, headers=dict(headers), redirect=False,
+                retries=False, preload_content=False, decode_content=False,
+                chunked=chunked, assert_same_host=False, timeout=u3_timeout,
+                pool_timeout=timeout.get("pool"))
+        except _URLLIB3_ERRORS as exc:
             if streamed is not None:
                 streamed.reraise()
-            raise
+            raise _urllib3_failure(exc) from exc
         if getattr(request, "buffered", False):
             try:
-                with _urllib3_errors():
-                    content = response.read()
+                content = response.read()
+            except _URLLIB3_ERRORS as exc:
+                raise _urllib3_failure(exc) from exc
             finally:
                 _Urllib3Stream(response).close()
             return _buffered(response.status, list(response.headers.items()), content, request)
@@ -533,7 +550,7 @@ class SyncTransport:
             request = _fast_request(method, url, params, content, self._defaults, headers,
                                     _with_timeout(self._extensions, phases), not stream)
             response = self._fast.handle_request(request)
-            if not stream:
+            if not stream and not response.is_closed:
                 try:
                     response.read()
                 finally:
@@ -604,7 +621,7 @@ class AsyncTransport:
             request = _fast_request(method, url, params, content, self._defaults, headers,
                                     _with_timeout(self._extensions, phases), not stream)
             response = await self._fast.handle_async_request(request)
-            if not stream:
+            if not stream and not response.is_closed:
                 try:
                     await response.aread()
                 finally:

@@ -17,6 +17,7 @@ import pytest
 from ekoclient import AsyncClient, Authenticator, Client
 from ekoclient._blob import ProgressGate
 from ekoclient.errors import (
+    APIError,
     ConflictError,
     IntegrityError,
     InvalidArgumentError,
@@ -352,3 +353,42 @@ def test_progress_of_a_big_transfer_comes_every_percent() -> None:
         gate(done)
     assert calls[0] == 0 and calls[-1] == total
     assert 100 <= len(calls) <= 102  # every 10 MiB (1 %), not every MiB
+
+
+class _FlipOneByte(httpx.BaseTransport):
+    """A real transport that corrupts one byte of each blob upload on its way out (headers
+    untouched): what a faulty proxy or NIC would do, which a real server cannot on demand."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.sent: list[httpx.Headers] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and request.url.path.startswith("/api/blob/") \
+                and not request.url.path.startswith("/api/blob/_tables"):
+            body = bytearray(request.read())
+            body[len(body) // 2] ^= 0x01
+            self.sent.append(request.headers)
+            request = httpx.Request(request.method, request.url, headers=request.headers,
+                                    content=bytes(body), extensions=request.extensions)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_an_upload_corrupted_in_transit_is_refused_by_its_sha256(ekodb_server: Any,
+                                                                  table: str) -> None:
+    data = pattern(256 * 1024)
+    ctx = ssl.create_default_context(cafile=str(ekodb_server.ca_bundle))
+    flip = _FlipOneByte(httpx.HTTPTransport(verify=ctx))
+    with Client(base_url=ekodb_server.url, api_key=ekodb_server.admin_key,
+                transport=flip) as client:
+        with pytest.raises(APIError) as info:
+            client.blobstore.put(table, "corrupt", data)
+        assert info.value.status == 400 and info.value.code == "checksum_mismatch"
+        # the SHA-256 alone caught it (the SDK no longer spends CPU on an MD5)
+        assert flip.sent and all("content-md5" not in h for h in flip.sent)
+        assert flip.sent[0]["x-checksum-sha256"] == hashlib.sha256(data).hexdigest()
+        with pytest.raises(NotFoundError):
+            client.blobstore.get_metadata(table, "corrupt")
