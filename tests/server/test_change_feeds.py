@@ -131,6 +131,37 @@ def test_sse_stream_ends_with_an_error_when_the_key_is_revoked(api: Api, coll: s
         assert event == "error" and data["code"] in ("unauthorized", "invalid_token"), data
 
 
+def test_sse_stream_outlives_an_edit_that_keeps_the_keys_rights(api: Api, coll: str) -> None:
+    """A relabel bumps the key's version (its tokens stop working) but revokes nothing: the
+    feed keeps delivering across several re-checks (one per second)."""
+    key = api.create_key(collection_permissions={coll: ["read"]})
+    with sse(api, coll, api.headers(key["api_key"])) as feed:
+        r = api.http.put(f"/api/auth/keys/{key['key_id']}", headers=api.admin,
+                         json={"label": "relabelled"})
+        assert r.status_code == 200, r.text
+        edited = time.monotonic()
+        while time.monotonic() - edited < 2.5:  # past at least two re-checks
+            rid = api.http.post(f"/api/insert/{coll}", json={"n": 1},
+                                headers=api.admin).json()["id"]
+            assert feed.mutation()["record_ids"] == [rid]
+
+
+@pytest.mark.parametrize("change", ["narrow", "rotate"])
+def test_sse_stream_ends_when_the_key_loses_read_or_is_rotated(api: Api, coll: str,
+                                                               change: str) -> None:
+    key = api.create_key(collection_permissions={coll: ["read"]})
+    with sse(api, coll, api.headers(key["api_key"])) as feed:
+        if change == "narrow":
+            r = api.http.put(f"/api/auth/keys/{key['key_id']}", headers=api.admin,
+                             json={"collection_permissions": {"other": ["read"]}})
+        else:
+            r = api.http.post(f"/api/auth/keys/{key['key_id']}/rotate", headers=api.admin)
+        assert r.status_code == 200, r.text
+        event, data = feed.next()
+        assert event == "error", (event, data)
+        assert data["code"] == ("forbidden" if change == "narrow" else "unauthorized"), data
+
+
 # ------------------------------------------------------------------------------ WebSocket
 
 
