@@ -13,7 +13,12 @@ import httpx
 import pytest
 
 from ekoclient import Authenticator, Client, where
-from ekoclient.errors import NotFoundError, PermissionDeniedError, ValidationError
+from ekoclient.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -273,3 +278,29 @@ def test_sweeper_never_deletes_a_record_made_again_under_the_expired_id(
         assert ttl.expire_due() == 0  # nothing left scheduled for the new record
     finally:
         state.close()
+
+
+# ------------------------------------------------------------------ TTLs the SDK sends
+
+
+@pytest.mark.parametrize(("ttl", "wire"), [(90, "90s"), (2.0, "2s"), (1.5, "1500ms"),
+                                           (0.001, "1ms"), (0.0015, "2ms")])
+def test_ttl_is_sent_in_a_form_the_server_parses(ttl: float, wire: str) -> None:
+    from ekoclient._services.actions import ttl_wire
+    from mock_server.kv import parse_ttl
+
+    assert ttl_wire(ttl) == wire
+    assert parse_ttl(wire) == pytest.approx(float(wire.removesuffix("ms")) / 1000
+                                            if wire.endswith("ms") else ttl)
+
+
+def test_a_fractional_ttl_is_accepted_and_a_sub_millisecond_one_refused(admin: Client,
+                                                                         coll: str) -> None:
+    rid = admin.datastore.insert(coll, {"n": 1}, ttl=0.25)["id"]
+    eventually(lambda: _gone(admin, coll, rid))
+    for tiny in (0.00001, 1e-9):
+        with pytest.raises(InvalidArgumentError, match="at least 1 ms"):
+            admin.datastore.insert(coll, {"n": 2}, ttl=tiny)
+    with pytest.raises(InvalidArgumentError, match="positive"):
+        admin.datastore.insert(coll, {"n": 3}, ttl=float("inf"))
+    assert admin.datastore.find(coll) == []

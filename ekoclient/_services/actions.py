@@ -9,6 +9,7 @@ Idempotency-Key like every write, so a retried increment is applied once.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -181,12 +182,18 @@ def _distinct(collection: str, field: str, filter: FilterArg = None) -> Call[lis
 
 
 def ttl_wire(ttl: float | dt.timedelta) -> str:
-    """A record TTL as ekoDB's insert body carries it: a duration string (``"90s"``)."""
+    """A record TTL as ekoDB's insert body carries it: a duration string (``"90s"``, or
+    whole milliseconds ``"1500ms"`` for a fraction; the server's grain is 1 ms)."""
     if isinstance(ttl, dt.timedelta):
         ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+            or not math.isfinite(ttl) or not ttl > 0):
         raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    return f"{int(ttl)}s" if float(ttl).is_integer() else f"{float(ttl)!r}s"
+    if ttl < 0.001:
+        raise InvalidArgumentError(f"ttl must be at least 1 ms (0.001 s), got {ttl!r} s")
+    if float(ttl).is_integer():
+        return f"{int(ttl)}s"
+    return f"{round(ttl * 1000)}ms"
 
 
 def _restore(collection: str, id: str, **write: Unpack[WriteOptions]) -> Call[bool]:
