@@ -117,7 +117,8 @@ class AppState:
     record_ttl: RecordTtl = field(init=False)
     #: KV entries (mock_server.kv).
     kv: KVStore = field(init=False)
-    #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
+    #: Periodic housekeeping (KV purge, record TTL, trash retention, abandoned transactions);
+    #: started by open().
     sweeper: Sweeper = field(init=False)
     #: Open WebSockets per API key (config.ws_max_sockets_per_key).
     ws_sockets: PerKeyCap = field(init=False)
@@ -138,8 +139,8 @@ class AppState:
                           purge_grace=self.config.kv_purge_grace)
         self.trash = Trash(self.datastore, self.storage, retention=self.config.trash_retention)
         self.record_ttl = RecordTtl(self.datastore, self.storage, self.keyring)
-        self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge],
-                               self.config.sweep_interval)
+        self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge,
+                                self.transactions.sweep], self.config.sweep_interval)
         self.ws_sockets = PerKeyCap(self.config.ws_max_sockets_per_key)
 
     @classmethod

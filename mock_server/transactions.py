@@ -327,6 +327,18 @@ class Transactions:
         row.state, row.savepoints = state, []
         self._save(conn, row)
 
+    def sweep(self) -> None:
+        """The server's periodic task: expire abandoned transactions even when no other
+        transaction call comes to sweep (their staged writes leave the disk)."""
+        cutoff = self._clock() - self.ttl
+        if not self._storage.conn.execute(  # a cheap read first: most rounds find nothing
+                "SELECT 1 FROM ds_transactions WHERE (state = 'active' AND touched < ?) OR "
+                "(state != 'active' AND touched < ?) LIMIT 1",
+                (cutoff, self._clock() - max(self.ttl, TOMBSTONE_SECONDS))).fetchone():
+            return
+        with self._storage.transaction() as conn:
+            self._sweep(conn)
+
     def _sweep(self, conn: sqlite3.Connection) -> None:
         """Expire abandoned transactions (purging their writes) and drop old tombstones."""
         now = self._clock()

@@ -238,6 +238,29 @@ def test_abandoned_transactions_expire_and_are_purged(ekodb_server_factory: Any)
         api.close()
 
 
+def test_abandoned_transactions_are_purged_without_another_transaction_call(
+        ekodb_server_factory: Any) -> None:
+    """The server's sweeper expires them: no later begin or commit is needed."""
+    info = ekodb_server_factory(transaction_ttl=0.3)
+    api = Api(info)
+    try:
+        admin_h = api.admin
+        t = Tx(api, admin_h, _collection(api, admin_h))
+        tx = t.begin()
+        assert t.insert({"secret": "x"}, tx).status_code == 200
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(info.data_dir / DB_FILE) as db:
+                left = db.execute("SELECT COUNT(*) FROM ds_tx_writes").fetchone()[0]
+            if left == 0:
+                break
+            assert time.monotonic() < deadline, "abandoned writes never purged"
+            time.sleep(0.1)
+        assert_error(t.commit(tx), 404, "transaction_expired")
+    finally:
+        api.close()
+
+
 def test_commits_racing_on_one_record_one_wins(api: Api, t: Tx,
                                                ekodb_server: ServerInfo) -> None:
     rid = t.insert({"n": 0}).json()["id"]
