@@ -120,6 +120,8 @@ class AppState:
     #: Periodic housekeeping (KV purge, record TTL, trash retention, abandoned transactions);
     #: started by open().
     sweeper: Sweeper = field(init=False)
+    #: Open SSE change feeds per API key (the same cap as WebSockets, counted apart).
+    sse_feeds: PerKeyCap = field(init=False)
     #: Open WebSockets per API key (config.ws_max_sockets_per_key).
     ws_sockets: PerKeyCap = field(init=False)
 
@@ -142,6 +144,7 @@ class AppState:
         self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge,
                                 self.transactions.sweep], self.config.sweep_interval)
         self.ws_sockets = PerKeyCap(self.config.ws_max_sockets_per_key)
+        self.sse_feeds = PerKeyCap(self.config.ws_max_sockets_per_key)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:

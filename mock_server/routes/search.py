@@ -12,7 +12,8 @@ The SSE stream sends a ``: keepalive`` comment every HEARTBEAT s, re-checks the 
 not its token) every AUTH_RECHECK s: a deleted or rotated key, a lost READ or a refused
 address end the stream with an ``error`` event, while an edit that keeps those (a relabel)
 or the token's expiry does not. It ends with ``error`` ``overflow`` if the consumer falls
-too far behind.
+too far behind. A key holds at most ``ws_max_sockets_per_key`` open feeds (counted apart from
+its WebSockets); past that a subscribe is refused with 429 ``too_many_feeds``.
 """
 
 from __future__ import annotations
@@ -94,8 +95,16 @@ async def subscribe(collection: str, request: Request, principal: CurrentPrincip
                     state: State, filter_field: FilterParam = None,
                     filter_value: FilterParam = None) -> StreamingResponse:
     loop = asyncio.get_running_loop()
-    feed = await run_in_threadpool(lambda: state.realtime.open(
-        principal, collection, filter_field, filter_value, loop=loop))
+    if not state.sse_feeds.acquire(principal.key_id):
+        raise ApiError(429, "too_many_feeds",
+                       f"too many open change feeds for this key (at most "
+                       f"{state.sse_feeds.cap}); close one first")
+    try:
+        feed = await run_in_threadpool(lambda: state.realtime.open(
+            principal, collection, filter_field, filter_value, loop=loop))
+    except BaseException:
+        state.sse_feeds.release(principal.key_id)
+        raise
     ip = state.client_ip_of(request.scope)
     secret = await run_in_threadpool(state.authenticator.keys.secret_digest, principal.key_id)
 
@@ -138,6 +147,7 @@ async def subscribe(collection: str, request: Request, principal: CurrentPrincip
                     yield _sse("mutation", payload, seq)
         finally:
             state.realtime.close(feed)
+            state.sse_feeds.release(principal.key_id)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

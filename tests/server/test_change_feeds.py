@@ -162,6 +162,35 @@ def test_sse_stream_ends_when_the_key_loses_read_or_is_rotated(api: Api, coll: s
         assert data["code"] == ("forbidden" if change == "narrow" else "unauthorized"), data
 
 
+def test_sse_feeds_per_key_are_capped_and_released(ekodb_server_factory: Any) -> None:
+    info = ekodb_server_factory(ws_max_sockets_per_key=2)
+    api = Api(info)
+    try:
+        name = "feed_" + uuid.uuid4().hex[:10]
+        assert api.http.post(f"/api/collections/{name}", headers=api.admin).status_code == 200
+        key = api.create_key(collection_permissions={name: ["read"]})
+        h = api.headers(key["api_key"])
+        with sse(api, name, h), sse(api, name, h):
+            err = assert_error(api.http.get(f"/api/subscribe/{name}", headers=h), 429,
+                               "too_many_feeds")
+            assert "at most 2" in err["message"]
+            with sse(api, name, api.admin):  # another key's feeds are its own
+                pass
+        for _ in range(3):  # refused subscribes hold nothing
+            assert_error(api.http.get(f"/api/subscribe/{name}", headers=h,
+                                      params={"filter_field": "x"}), 400)
+        deadline = time.monotonic() + 10
+        while True:  # both closed: the server releases them when it notices
+            try:
+                with sse(api, name, h), sse(api, name, h):
+                    break
+            except AssertionError:
+                assert time.monotonic() < deadline, "closed feeds never released"
+                time.sleep(0.1)
+    finally:
+        api.close()
+
+
 # ------------------------------------------------------------------------------ WebSocket
 
 
