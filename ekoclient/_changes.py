@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import Self
 
 from ._http import AsyncTransport, Response, SyncTransport
@@ -33,8 +34,11 @@ class SSEDecoder:
         self._buffer = b""
         self._event = "message"
         self._data: list[str] = []
+        self._size = 0  # characters of data accumulated for the event being read
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        """The events completed by ``chunk``; MalformedResponseError for an event over
+        MAX_EVENT (one line or many ``data:`` lines together) or bytes that are not UTF-8."""
         self._buffer += chunk
         if len(self._buffer) > MAX_EVENT:
             raise MalformedResponseError("a change-feed event is larger than 16 MiB")
@@ -43,12 +47,16 @@ class SSEDecoder:
             cut = self._buffer.find(b"\n")
             if cut < 0:
                 return out
-            line = self._buffer[:cut].rstrip(b"\r").decode("utf-8")
+            try:
+                line = self._buffer[:cut].rstrip(b"\r").decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MalformedResponseError(
+                    f"a change-feed line is not UTF-8 text: {exc}") from None
             self._buffer = self._buffer[cut + 1:]
             if not line:
                 if self._data:
                     out.append((self._event, "\n".join(self._data)))
-                self._event, self._data = "message", []
+                self._event, self._data, self._size = "message", [], 0
             elif line.startswith(":"):
                 continue  # keep-alive comment
             else:
@@ -57,6 +65,10 @@ class SSEDecoder:
                 if name == "event":
                     self._event = value
                 elif name == "data":
+                    self._size += len(value) + 1
+                    if self._size > MAX_EVENT:
+                        raise MalformedResponseError(
+                            "a change-feed event is larger than 16 MiB")
                     self._data.append(value)
 
 
@@ -87,7 +99,12 @@ class _StreamBase:
             except ValueError as exc:
                 raise MalformedResponseError(f"a change-feed event is not JSON: {exc}") from exc
             if event == "mutation":
-                return MutationNotification.model_validate(data)
+                try:
+                    return MutationNotification.model_validate(data)
+                except PydanticValidationError as exc:
+                    raise MalformedResponseError(
+                        f"a change-feed notification has an unexpected shape: "
+                        f"{exc.error_count()} problem(s)") from None
             if event == "subscribed" and isinstance(data, dict):
                 self.subscription = data
             elif event == "error" and isinstance(data, dict):

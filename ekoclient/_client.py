@@ -151,6 +151,14 @@ class ServiceSet(Generic[E]):
         return state.rate_limit if state is not None else None
 
 
+#: Why a method that is not one request has no raw form, where the generic reason misleads.
+_NO_RAW: dict[str, str] = {
+    "transaction": "it opens a transaction, a context manager over many requests, and the "
+                   "calls inside it answer parsed results only; read the transaction's "
+                   "state with tx.status()",
+}
+
+
 class _RawMethods(Generic[E]):
     """One service whose endpoint methods answer with a RawResponse."""
 
@@ -172,9 +180,10 @@ class _RawMethods(Generic[E]):
         if not isinstance(getattr(type(service), name, None), endpoint):
             if name.startswith("_") or not hasattr(service, name):
                 raise AttributeError(name)
+            why = _NO_RAW.get(name, "it streams, pages or runs a loop")
             raise AttributeError(
-                f"{type(service).__name__}.{name} has no raw form (it streams, pages or "
-                "runs a loop); call it on the client itself")
+                f"{type(service).__name__}.{name} has no raw form ({why}); call it on the "
+                "client itself")
         return getattr(service, name)
 
     def __dir__(self) -> list[str]:

@@ -15,6 +15,9 @@ Decisions worth knowing:
   to the value; ``clear`` resets to the type's empty value (0, "", [], {}, false).
 - A sequence applies its actions in order to one working copy and writes once; it may not
   touch a path and its parent in the same request (the result would be ambiguous).
+- An action reads the field it changes, so its field must be readable *and* writable by
+  the caller, checked before anything is computed (403): otherwise a range or type error
+  computed on a hidden value (``multiply`` by 2**k) would reveal it bit by bit.
 - ``count`` and ``distinct`` see records as the caller's field rules project them and refuse
   (403) a filter or a distinct field the caller may not read, so neither reveals hidden data.
 """
@@ -265,15 +268,16 @@ class RecordActions:
     def sequence(self, caller: Caller, collection: object, record_id: object,
                  body: object) -> dict[str, Any]:
         steps = _sequence(body)
+        paths = []
         for action, field, _ in steps:  # shape errors before any lookup (400 before 404)
             _check_action(action)
-            _field(field)
+            paths.append(".".join(_field(field)))
 
         def compute(record: dict[str, Any]) -> dict[str, Any]:
             paths = [apply_action(record, a, f, v) for a, f, v in steps]
             return _changes(record, paths)
 
-        return self._ds.modify(caller, collection, record_id, compute,
+        return self._ds.modify(caller, collection, record_id, compute, paths=paths,
                                operation="record.action")
 
     def upsert(self, caller: Caller, collection: object, record_id: object,

@@ -123,6 +123,22 @@ class Authenticator:
         except TokenError:
             return None
 
+    def feed_scope(self, key_id: str, secret: bytes | None, ip: IPAddress | None) -> Scope:
+        """The current rights of the key behind a long-lived feed (SSE), re-read by key id.
+
+        Any key edit bumps the key's version and so invalidates its tokens, and a token
+        expires; neither should end a feed of a key that still exists with the same secret
+        (a relabel is not a revocation). A deleted key or a rotated secret (``secret``, its
+        digest when the feed opened, no longer matches) gives 401, an address no longer
+        allowed 403; rights are checked by the caller on the scope returned.
+        """
+        record = self.keys.get(key_id)
+        if record is None or secret is None or self.keys.secret_digest(key_id) != secret:
+            raise unauthorized("the API key was revoked or rotated")
+        if not record.ip_allowed(ip):
+            raise forbidden("client address not allowed for this key")
+        return record.scope()
+
     def principal(self, authorization: str | None, ip: IPAddress | None) -> Principal:
         token = self.bearer(authorization)
         if token is None:

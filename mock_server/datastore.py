@@ -930,12 +930,24 @@ class DataStore:
 
     def modify(self, caller: Caller, collection: object, record_id: object,
                compute: Callable[[dict[str, Any]], dict[str, Any]], *,
+               paths: Sequence[str] = (),
                operation: str = "record.update") -> dict[str, Any]:
         """Read a record, compute changes from it, write them: one transaction, so
         concurrent modifies of one record serialise (``BEGIN IMMEDIATE``) and none is lost.
-        The computed changes pass the same checks as an update's body."""
+        The computed changes pass the same checks as an update's body.
+
+        ``paths`` are the fields ``compute`` reads and writes: each must be both readable
+        and writable *before* anything is computed (403 naming it), since an error from
+        computing on a hidden value (a range or a type error) would reveal that value."""
         name = _check_collection(collection)
         self._require(caller, name, Level.WRITE)
+        scope = caller.scope
+        hidden = sorted({p for p in paths
+                         if not (scope.writable(name, p) and scope.readable(name, p))})
+        if hidden:
+            raise forbidden(f"this API key may not read and write field(s) "
+                            f"{', '.join(_show(p) for p in hidden[:10])} of {_show(name)}; "
+                            "an atomic action needs both")
         with self._writing() as tx:
             cidx = self._exists(tx.conn, name)
             current = self._load(tx.conn, name, cidx, record_id)

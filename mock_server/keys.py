@@ -322,6 +322,12 @@ class KeyStore:
             return None
         return self._row_to_record(row[:5])
 
+    def secret_digest(self, key_id: str) -> bytes | None:
+        """The keyed hash of the key's current secret (changes on rotation); None if gone."""
+        row = self._storage.conn.execute("SELECT secret_hash FROM api_keys WHERE key_id = ?",
+                                         (key_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def get(self, key_id: str) -> KeyRecord | None:
         row = self._storage.conn.execute(f"{_SELECT} WHERE k.key_id = ?", (key_id,)).fetchone()
         return None if row is None else self._row_to_record(row)

@@ -13,7 +13,9 @@ purge index). A read after ``expires_at`` misses at once; expired rows are purge
 ``find(include_expired=True)`` still lists them.
 
 ``find`` decrypts every key name (they are not searchable in clear): its cost grows with the
-number of keys, acceptable for a reference server and documented in the README.
+number of keys, acceptable for a reference server and documented in the README. It answers
+at most MAX_FIND entries: when more match it refuses (400 ``too_many_results``, narrow the
+pattern) rather than cut the list silently.
 """
 
 from __future__ import annotations
@@ -294,10 +296,11 @@ class KVStore:
                 continue
             if not caller.scope.allows(f"kv:{key}", Level.READ):
                 continue
+            if len(out) >= MAX_FIND:  # never a silent cut: the caller narrows the pattern
+                raise bad_request(f"more than {MAX_FIND} keys match; narrow the pattern "
+                                  "(e.g. a longer prefix before '*')", "too_many_results")
             out.append({"key": key, "value": self._open_value(key, sealed_value),
                         "expires_at": expires})
-            if len(out) >= MAX_FIND:
-                break
         out.sort(key=lambda entry: str(entry["key"]))
         return out
 

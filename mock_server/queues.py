@@ -83,11 +83,16 @@ def _error(message: str, code: str = "validation_error") -> ApiError:
 
 
 def validate_queue_name(name: object) -> str:
-    """1-128 of letters, digits, '_', '.', '-' (the service prefix is implied by the route)."""
+    """1-128 of letters, digits, '_', '.', '-' (the service prefix is implied by the route),
+    not starting with '_': those names are the routes' own (``/api/queue/_move``), so a
+    queue named ``_move`` could be sent to but never purged (DELETE hit it, not ``_move``)."""
     if not isinstance(name, str) or ":" in name:
         raise _error("queue name may only contain letters, digits, '_', '.', '-'")
     if name in (".", ".."):
         raise _error(f"queue name may not be {name!r}")
+    if name.startswith("_"):
+        raise _error("queue name may not start with '_' (reserved for the service's routes, "
+                     "such as _move)")
     try:
         return validate_resource_name(name)
     except PermissionSpecError as exc:

@@ -9,8 +9,14 @@ Decisions worth knowing:
 
 - Constraints name top-level fields only. ``null`` (or a missing field) satisfies every
   constraint except ``required``; a default fills a missing field on insert only.
-- ``min``/``max`` bound numbers (and datetimes, compared as ISO-8601 strings); on strings,
-  arrays and objects they bound the length. ``regex`` must match the whole string.
+- ``min``/``max`` bound numbers and datetimes (compared as instants: both sides parsed
+  with ``datetime.fromisoformat`` and normalised to UTC, a naive one read as UTC); on
+  strings, arrays and objects they bound the length. ``regex`` must match the whole string.
+- ``regex`` runs on RE2 (``google-re2``): linear time, so a tenant's pattern such as
+  ``(a+)+b`` cannot stall the server while it holds the write lock. RE2 has no
+  backreferences or lookaround (such a pattern is refused with 400 when the schema is set)
+  and its word and digit classes are ASCII; values longer than MAX_REGEX_INPUT characters are
+  refused rather than matched.
 - ``unique`` is checked against every other record of the collection inside the write
   transaction (writers are serialized), so it holds under concurrent inserts; it costs one
   scan of the collection per write (documented in the README). A unique violation is 400
@@ -25,6 +31,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -33,6 +40,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final
+
+import re2  # type: ignore[import-untyped]
 
 from mock_server.crypto import DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError
@@ -54,6 +63,10 @@ _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_FIELDS: Final = 256
 MAX_ENUMS: Final = 1000
 MAX_REGEX: Final = 512
+#: The longest string value a schema ``regex`` is matched against (longer: refused).
+MAX_REGEX_INPUT: Final = 65_536
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the caller's 400, not a server log
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                           r"[0-9a-fA-F]{12}")
 
@@ -62,14 +75,27 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _is_datetime(v: object) -> bool:
+def _instant(v: object) -> datetime | None:
+    """An ISO-8601 datetime as an aware UTC instant (naive: read as UTC); else None."""
     if not isinstance(v, str) or not 10 <= len(v) <= 64:
-        return False
+        return None
     try:
-        datetime.fromisoformat(v.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        return False
-    return True
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _is_datetime(v: object) -> bool:
+    return _instant(v) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(regex: str) -> Any:
+    """The compiled RE2 pattern (raises ``re2.error`` for what RE2 cannot run)."""
+    return re2.compile(regex, _RE2_OPTIONS)
 
 
 #: ekoDB's field types (lower-cased) and what a JSON value of each looks like.
@@ -145,21 +171,33 @@ class FieldSchema:
             return f"field {_show(name)} must be one of the schema's enums"
         size: object = len(value) if isinstance(value, str | list | dict) else value
         if self.field_type == "datetime":
-            size = value
+            size = _instant(value)
         for bound, low in ((self.min, True), (self.max, False)):
             if bound is None:
                 continue
+            limit = _instant(bound) if self.field_type == "datetime" else bound
             try:
-                broken = size < bound if low else size > bound
+                broken = size < limit if low else size > limit  # type: ignore[operator]
             except TypeError:
                 continue  # a bound of another kind (a number bound on a datetime): no check
             if broken:
+                if self.field_type == "datetime":
+                    what = "no earlier than" if low else "no later than"
+                    return f"field {_show(name)} must be {what} {bound}"
                 what = "at least" if low else "at most"
-                unit = " long" if isinstance(value, str | list | dict) else ""
+                unit = " characters/items long" if isinstance(value, str | list | dict) else ""
                 return f"field {_show(name)} must be {what} {bound}{unit}"
-        if (self.regex is not None and isinstance(value, str)
-                and re.fullmatch(self.regex, value) is None):
-            return f"field {_show(name)} does not match the schema's pattern"
+        if self.regex is not None and isinstance(value, str):
+            if len(value) > MAX_REGEX_INPUT:
+                return (f"field {_show(name)} is too long to check against the schema's "
+                        f"pattern (at most {MAX_REGEX_INPUT} characters)")
+            try:
+                matched = _pattern(self.regex).fullmatch(value) is not None
+            except re2.error:  # stored before patterns were checked against RE2
+                return (f"field {_show(name)}: the schema's pattern is not supported (RE2 "
+                        "syntax); update the schema")
+            if not matched:
+                return f"field {_show(name)} does not match the schema's pattern"
         return None
 
 
@@ -244,9 +282,12 @@ def _field(name: str, raw: Mapping[str, Any], base: FieldSchema | None) -> Field
             raise _bad(f"{where}: regex must be a string of at most {MAX_REGEX} characters",
                        "validation_error")
         try:
-            re.compile(regex)
-        except re.error as exc:
-            raise _bad(f"{where}: regex does not compile: {exc}", "validation_error") from None
+            _pattern(regex)
+        except re2.error as exc:
+            detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(
+                exc.args[0], bytes) else str(exc)
+            raise _bad(f"{where}: regex is not valid RE2 syntax (no backreferences or "
+                       f"lookaround): {detail[:200]}", "validation_error") from None
     index = attrs.get("index")
     if index is not None and (not isinstance(index, dict)
                               or str(index.get("type", "")).lower() not in INDEX_KINDS):

@@ -117,8 +117,11 @@ class AppState:
     record_ttl: RecordTtl = field(init=False)
     #: KV entries (mock_server.kv).
     kv: KVStore = field(init=False)
-    #: Periodic housekeeping (KV purge, record TTL, trash retention); started by open().
+    #: Periodic housekeeping (KV purge, record TTL, trash retention, abandoned transactions);
+    #: started by open().
     sweeper: Sweeper = field(init=False)
+    #: Open SSE change feeds per API key (the same cap as WebSockets, counted apart).
+    sse_feeds: PerKeyCap = field(init=False)
     #: Open WebSockets per API key (config.ws_max_sockets_per_key).
     ws_sockets: PerKeyCap = field(init=False)
 
@@ -138,9 +141,10 @@ class AppState:
                           purge_grace=self.config.kv_purge_grace)
         self.trash = Trash(self.datastore, self.storage, retention=self.config.trash_retention)
         self.record_ttl = RecordTtl(self.datastore, self.storage, self.keyring)
-        self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge],
-                               self.config.sweep_interval)
+        self.sweeper = Sweeper([self.kv.purge, self.record_ttl.expire_due, self.trash.purge,
+                                self.transactions.sweep], self.config.sweep_interval)
         self.ws_sockets = PerKeyCap(self.config.ws_max_sockets_per_key)
+        self.sse_feeds = PerKeyCap(self.config.ws_max_sockets_per_key)
 
     @classmethod
     def open(cls, config: ServerConfig, environ: Mapping[str, str] | None = None) -> AppState:

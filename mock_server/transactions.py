@@ -287,8 +287,8 @@ class Transactions:
                            "FROM ds_transactions WHERE tidx = ?", (tidx,)).fetchone()
         if got is None or got[0] != caller.key_id:
             raise _not_found()
-        row = _Row(tidx, txid, got[0], got[1], got[2], got[3], got[4], got[5],
-                   json.loads(got[6]))
+        row = _Row(tidx, txid, got[0], got[1], got[2], got[3], got[4], got[5], [])
+        row.savepoints = self._savepoints_of(row, got[6])
         if row.state == "active" and row.touched < self._clock() - self.ttl:
             row.state = "expired"  # purged by the next sweep (an error here rolls back)
         return row
@@ -308,7 +308,17 @@ class Transactions:
         row.touched = self._clock()
         conn.execute("UPDATE ds_transactions SET state = ?, touched = ?, seq = ?, "
                      "savepoints = ? WHERE tidx = ?",
-                     (row.state, row.touched, row.seq, json.dumps(row.savepoints), row.tidx))
+                     (row.state, row.touched, row.seq,
+                      self._seal(row, "savepoints", "", row.savepoints), row.tidx))
+
+    def _savepoints_of(self, row: _Row, stored: str | bytes) -> list[dict[str, Any]]:
+        """Savepoint names are the caller's data: sealed like staged writes (a row written
+        before they were, or never saved, holds the clear default ``'[]'``)."""
+        if isinstance(stored, str):
+            loaded: list[dict[str, Any]] = json.loads(stored)
+            return loaded
+        opened: list[dict[str, Any]] = self._open(row, "savepoints", "", stored)
+        return opened
 
     def _finish(self, conn: sqlite3.Connection, row: _Row, state: str) -> None:
         """End the transaction: purge what it staged, keep a tombstone with its outcome."""
@@ -316,6 +326,18 @@ class Transactions:
             conn.execute(f"DELETE FROM {table} WHERE tidx = ?", (row.tidx,))  # noqa: S608
         row.state, row.savepoints = state, []
         self._save(conn, row)
+
+    def sweep(self) -> None:
+        """The server's periodic task: expire abandoned transactions even when no other
+        transaction call comes to sweep (their staged writes leave the disk)."""
+        cutoff = self._clock() - self.ttl
+        if not self._storage.conn.execute(  # a cheap read first: most rounds find nothing
+                "SELECT 1 FROM ds_transactions WHERE (state = 'active' AND touched < ?) OR "
+                "(state != 'active' AND touched < ?) LIMIT 1",
+                (cutoff, self._clock() - max(self.ttl, TOMBSTONE_SECONDS))).fetchone():
+            return
+        with self._storage.transaction() as conn:
+            self._sweep(conn)
 
     def _sweep(self, conn: sqlite3.Connection) -> None:
         """Expire abandoned transactions (purging their writes) and drop old tombstones."""

@@ -9,6 +9,8 @@ than the collection's creation (the collection was dropped and made again) is ne
 restored. Restoring needs WRITE on the collection and the right to write every field of the
 record (a key with ``writable_fields`` cannot bring back fields it could not have written);
 it publishes an ``insert`` change event. A record whose id is live again is not restored (409).
+A restored record must satisfy the collection's schema as it is now, ``unique`` included
+(400 naming the field, like an insert): the schema may have changed since the delete.
 
 Record TTL. ``insert`` with a ``ttl`` (seconds or a duration such as ``"1h"``) schedules the
 record's expiry in ``ds_expiry`` in the insert's own transaction. The sweeper deletes due
@@ -148,6 +150,10 @@ class Trash:
         record = self._ds._open(name, record_id, data)
         fields = {k: v for k, v in record.items() if k != "id"}
         self._ds._require_fields(caller, name, fields)
+        # the schema as it is now (unique included): a restore is a write like an insert
+        conformed = self._ds._conform(tx.conn, name, cidx, record, new=True)
+        if conformed != record:  # a default filled in since: seal the record as restored
+            record, data = conformed, self._ds._seal(name, record_id, conformed)
         try:
             tx.conn.execute("INSERT INTO ds_records(cidx, ridx, rid, data) VALUES (?,?,?,?)",
                             (cidx, ridx, rid, data))
@@ -238,6 +244,12 @@ class RecordTtl:
             name = self._keyring.decrypt(_SERVICE, "", sealed_name, place).decode()
             record_id = self._keyring.decrypt(_SERVICE, "", sealed_rid, place).decode()
             with self._storage.transaction() as conn:
+                # re-read under the write lock: since the SELECT above the record may have
+                # been deleted (dropping this row) and made again under its id (no TTL)
+                if conn.execute("SELECT 1 FROM ds_expiry WHERE cidx = ? AND ridx = ? AND "
+                                "expires_at <= ?", (cidx, ridx, self._clock())).fetchone() \
+                        is None:
+                    continue
                 try:
                     if same_collection:  # not a dropped collection's name made again
                         self._ds.delete(EXPIRY_CALLER, name, record_id)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from ekoclient import AsyncClient, Authenticator, Client, where
 from ekoclient.errors import (
@@ -96,6 +97,27 @@ def test_writable_fields_and_read_only_keys(admin: Client, coll: str) -> None:
     assert admin.datastore.get(coll, rid) == {"id": rid, "score": 2, "balance": 100}
 
 
+def test_actions_on_a_hidden_field_are_refused_before_computing(admin: Client,
+                                                                coll: str) -> None:
+    """A key that may not read ``salary`` learns nothing from actions' answers: a range
+    error computed on the hidden value (multiply by 2**k) would reveal it bit by bit."""
+    rid = admin.datastore.insert(coll, {"salary": 1000, "name": "a"})["id"]
+    blind = Authenticator(admin).using_credentials(admin.admin.create_key(
+        "act-blind", collection_permissions={
+            coll: {"read": True, "write": True, "exclude_fields": ["salary"]}}).api_key)
+    for k in (53, 54):  # 1000 * 2**53 fits in 64 bits, 1000 * 2**54 does not
+        with pytest.raises(PermissionDeniedError, match="salary"):
+            blind.datastore.apply(coll, rid, [("multiply", "salary", 2**k),
+                                              ("divide", "salary", 2**k)])
+    for attempt in (lambda: blind.datastore.increment(coll, rid, "salary"),
+                    lambda: blind.datastore.append(coll, rid, "salary", "x"),
+                    lambda: blind.datastore.clear(coll, rid, "salary")):
+        with pytest.raises(PermissionDeniedError, match="salary"):
+            attempt()
+    assert blind.datastore.append(coll, rid, "name", "b") == {"id": rid, "name": "ab"}
+    assert admin.datastore.get(coll, rid) == {"id": rid, "salary": 1000, "name": "ab"}
+
+
 def test_bad_actions_change_nothing(admin: Client, coll: str) -> None:
     ds = admin.datastore
     rid = ds.insert(coll, {"n": 1, "s": "x", "tags": []})["id"]
@@ -162,6 +184,21 @@ def test_upsert_is_atomic(admin: Client, coll: str) -> None:
     with pytest.raises(ValidationError):
         ds.upsert(coll, "x", {"id": "other"})
     assert not ds.exists(coll, "x")
+
+
+class Profile(BaseModel):
+    name: str
+    visits: int
+
+
+def test_upsert_takes_a_pydantic_model_like_insert(admin: Client, coll: str) -> None:
+    ds = admin.datastore
+    assert ds.upsert(coll, "p-1", Profile(name="ann", visits=1)) == {
+        "id": "p-1", "name": "ann", "visits": 1}
+    assert ds.upsert(coll, "p-1", Profile(name="ann", visits=2))["visits"] == 2
+    with pytest.raises(InvalidArgumentError, match="pydantic model"):
+        ds.upsert(coll, "p-2", 42)  # type: ignore[arg-type]
+    assert not ds.exists(coll, "p-2")
 
 
 def test_count_exists_distinct(admin: Client, coll: str) -> None:

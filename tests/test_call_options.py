@@ -182,6 +182,12 @@ def test_raw_response_refuses_methods_that_stream_or_page(admin: Client) -> None
         admin.with_raw_response.datastore.no_such_method  # noqa: B018
 
 
+def test_raw_response_says_why_a_transaction_has_no_raw_form(admin: Client) -> None:
+    with pytest.raises(AttributeError, match=r"opens a transaction.*tx\.status\(\)") as info:
+        admin.with_raw_response.datastore.transaction()
+    assert "stream" not in str(info.value)  # not the generic, misleading reason
+
+
 def test_a_partial_timeout_keeps_the_other_phases_as_configured() -> None:
     with Client(base_url="https://127.0.0.1:9", timeout={"connect": 2, "read": 40}) as c:
         assert c.with_options(timeout={"read": 3})._executor.call_options.timeouts == \

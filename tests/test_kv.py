@@ -218,3 +218,21 @@ def test_acknowledged_kv_writes_survive_sigkill(tmp_path: Path) -> None:
         with Client(base_url=proc.url, api_key=key, ca_bundle=str(proc.ca_bundle)) as c:
             assert c.kv.get_many(["durable.a", "durable.b", "durable.c"]) == {
                 "durable.a": {"n": 1}, "durable.b": 2}
+
+
+def test_find_over_the_cap_is_refused_never_silently_cut(admin: Client) -> None:
+    from mock_server.kv import MAX_FIND
+
+    prefix = _p("cap") + "."
+    keys = [f"{prefix}{i:05d}" for i in range(MAX_FIND + 1)]
+    for start in range(0, len(keys), 1000):
+        admin.kv.set_many({k: 1 for k in keys[start:start + 1000]})
+    try:
+        with pytest.raises(ValidationError, match="narrow the pattern"):
+            admin.kv.find(prefix + "*")
+        admin.kv.delete(keys[-1])
+        found = admin.kv.find(prefix + "*")  # exactly at the cap: all of them, in order
+        assert [e["key"] for e in found] == keys[:-1]
+    finally:
+        for start in range(0, len(keys), 1000):
+            admin.kv.delete_many(keys[start:start + 1000])

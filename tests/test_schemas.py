@@ -127,3 +127,30 @@ def test_schema_permissions(admin: Client, people: str) -> None:
     with pytest.raises(NotFoundError):
         admin.datastore.get_schema(f"missing_{uuid.uuid4().hex[:6]}")
 
+
+
+def test_a_tenants_backtracking_regex_cannot_stall_the_server(admin: Client) -> None:
+    """A key with admin on its own collection only sets ``(a+)+b``; a write that would make
+    Python's ``re`` backtrack for seconds under the server's write lock is answered at once
+    (RE2), and a pattern RE2 cannot run is refused when the schema is set."""
+    import time
+
+    mine = f"rx_{uuid.uuid4().hex[:8]}"
+    tenant = Authenticator(admin).using_credentials(admin.admin.create_key(
+        "rx-tenant", collection_permissions={mine: ["admin"]}).api_key)
+    with pytest.raises(ValidationError, match="RE2"):
+        tenant.datastore.create_collection(mine, schema={"fields": {
+            "s": {"field_type": "string", "regex": r"(a+)\1b"}}})
+    tenant.datastore.create_collection(mine, schema={"fields": {
+        "s": {"field_type": "string", "regex": "(a+)+b"}}})
+    try:
+        tenant.datastore.insert(mine, {"s": "ab"})  # warm: token and connection
+        started = time.monotonic()
+        with pytest.raises(ValidationError, match="'s'"):
+            tenant.datastore.insert(mine, {"s": "a" * 28})
+        assert time.monotonic() - started < 2.0
+        with pytest.raises(ConflictError, match="'s'"):  # update_schema checks stored ones
+            tenant.datastore.update_schema(mine, {"s": {"regex": "(b+)+a"}})
+        assert [r["s"] for r in admin.datastore.find(mine)] == ["ab"]
+    finally:
+        admin.datastore.drop_collection(mine)

@@ -15,6 +15,7 @@ from ekoclient._changes import SSEDecoder
 from ekoclient.errors import (
     AuthenticationError,
     InvalidArgumentError,
+    MalformedResponseError,
     NotFoundError,
     PermissionDeniedError,
     ValidationError,
@@ -108,6 +109,43 @@ def test_sse_decoder_handles_split_chunks_comments_and_multiline_data() -> None:
     assert dec.feed(b": keepalive\n\nevent: mut") == []
     assert dec.feed(b"ation\ndata: {\"a\":\r\ndata: 1}\n") == []
     assert dec.feed(b"\n") == [("mutation", '{"a":\n1}')]
+
+
+def test_sse_decoder_bounds_an_event_split_over_many_data_lines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ekoclient._changes as changes
+
+    monkeypatch.setattr(changes, "MAX_EVENT", 64)
+    dec = SSEDecoder()
+    with pytest.raises(MalformedResponseError, match="larger than"):
+        for _ in range(20):  # each line is small; together they pass the bound
+            dec.feed(b"data: " + b"x" * 10 + b"\n")
+
+
+def test_sse_decoder_and_stream_turn_garbage_into_malformed_response() -> None:
+    from ekoclient._changes import _StreamBase
+
+    with pytest.raises(MalformedResponseError, match="UTF-8"):
+        SSEDecoder().feed(b"data: \xff\xfe\n\n")
+    stream = _StreamBase(None)  # type: ignore[arg-type]  # sans-I/O: no response is read
+    stream._pending.append(("mutation", '{"event": 5}'))
+    with pytest.raises(MalformedResponseError, match="unexpected shape"):
+        stream._take()
+
+
+def test_changes_survive_an_edit_of_the_key_that_keeps_its_rights(admin: Client,
+                                                                  docs: str) -> None:
+    import time
+
+    new = admin.admin.create_key("relabel", collection_permissions={docs: ["read"]})
+    view = Authenticator(admin).using_credentials(new.api_key)
+    with view.datastore.changes(docs) as stream:
+        admin.admin.update_key(new.key_id, label="relabelled")  # its tokens stop working
+        edited = time.monotonic()
+        while time.monotonic() - edited < 2.5:  # past at least two server re-checks
+            rid = admin.datastore.insert(docs, {"title": "t"})["id"]
+            note = next(stream)
+            assert note.event == "insert" and note.record_ids == [rid]
 
 
 def test_changes_streams_projected_notifications(admin: Client, docs: str) -> None:

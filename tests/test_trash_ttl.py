@@ -13,7 +13,12 @@ import httpx
 import pytest
 
 from ekoclient import Authenticator, Client, where
-from ekoclient.errors import NotFoundError, PermissionDeniedError, ValidationError
+from ekoclient.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -179,3 +184,123 @@ async def test_async_ttl_and_restore(async_admin: Any) -> None:
         assert await ds.get(coll, rid) == {"id": rid, "n": 1}
     finally:
         await ds.drop_collection(coll)
+
+
+# ------------------------------------------------------------------ restore and the schema
+
+
+@pytest.fixture
+def unique_emails(admin: Client) -> Iterator[str]:
+    name = f"trash_{uuid.uuid4().hex[:8]}"
+    admin.datastore.create_collection(name, schema={"fields": {
+        "email": {"field_type": "string", "required": True, "unique": True}}})
+    yield name
+    admin.datastore.drop_collection(name)
+
+
+def test_restore_refuses_a_record_that_breaks_unique(admin: Client, unique_emails: str) -> None:
+    old = admin.datastore.insert(unique_emails, {"email": "x@y"})
+    admin.datastore.delete(unique_emails, old["id"])
+    admin.datastore.insert(unique_emails, {"email": "x@y"})
+    with pytest.raises(ValidationError, match="email"):
+        admin.datastore.restore(unique_emails, old["id"])
+    assert [r["email"] for r in admin.datastore.find(unique_emails)] == ["x@y"]
+
+
+def test_restore_all_is_refused_whole_when_one_record_breaks_unique(
+        admin: Client, unique_emails: str) -> None:
+    clash = admin.datastore.insert(unique_emails, {"email": "x@y"})
+    fine = admin.datastore.insert(unique_emails, {"email": "z@y"})
+    admin.datastore.delete(unique_emails, clash["id"])
+    admin.datastore.delete(unique_emails, fine["id"])
+    admin.datastore.insert(unique_emails, {"email": "x@y"})
+    with pytest.raises(ValidationError, match="email"):
+        admin.datastore.restore_all(unique_emails)
+    assert [r["email"] for r in admin.datastore.find(unique_emails)] == ["x@y"]
+    admin.datastore.restore(unique_emails, fine["id"])  # still in the trash, restorable alone
+    assert sorted(r["email"] for r in admin.datastore.find(unique_emails)) == ["x@y", "z@y"]
+
+
+def test_restore_checks_a_schema_made_stricter_since_the_delete(admin: Client,
+                                                                coll: str) -> None:
+    rid = admin.datastore.insert(coll, {"n": 1})["id"]
+    admin.datastore.delete(coll, rid)
+    admin.datastore.update_schema(coll, {"email": {"field_type": "string", "required": True}})
+    with pytest.raises(ValidationError, match="email"):
+        admin.datastore.restore(coll, rid)
+    assert admin.datastore.find(coll) == []
+
+
+def test_restore_fills_defaults_added_since_the_delete(admin: Client, coll: str) -> None:
+    rid = admin.datastore.insert(coll, {"n": 1})["id"]
+    admin.datastore.delete(coll, rid)
+    admin.datastore.update_schema(coll, {"tier": {"field_type": "string", "default": "free"}})
+    admin.datastore.restore(coll, rid)
+    assert admin.datastore.get(coll, rid) == {"id": rid, "n": 1, "tier": "free"}
+
+
+# ------------------------------------------------------------------ the TTL sweeper
+
+
+def test_sweeper_never_deletes_a_record_made_again_under_the_expired_id(
+        tmp_path: Any) -> None:
+    """expire_due reads the due rows, then deletes each in its own transaction: a record
+    deleted and made again under the same id (upsert, no TTL) in between must survive."""
+    from mock_server.config import ServerConfig
+    from mock_server.permissions import Scope
+    from mock_server.state import AppState
+    from mock_server.trash import RecordTtl, _System
+
+    state = AppState.open(ServerConfig(data_dir=tmp_path, sweep_interval=0), {})
+    try:
+        now = [time.time()]
+        ttl = RecordTtl(state.datastore, state.storage, state.keyring, clock=lambda: now[0])
+        user = _System("k_user", "user", Scope(is_admin=True, read_only=False, rules={}))
+        state.datastore.create_collection(user, "c")
+        now[0] = time.time() + 1  # scheduled after the collection was made (real clock)
+        first = ttl.insert(user, "c", {"n": 1}, "5")["id"]
+        victim = ttl.insert(user, "c", {"n": 2}, "6")["id"]
+        now[0] += 10
+        real_delete = state.datastore.delete
+
+        def delete(caller: Any, collection: Any, record_id: Any) -> str:
+            if record_id == first:  # meanwhile a user replaces the other record
+                real_delete(user, "c", victim)
+                state.datastore.upsert(user, "c", victim, {"n": 3})
+            return real_delete(caller, collection, record_id)
+
+        state.datastore.delete = delete  # type: ignore[method-assign]
+        try:
+            assert ttl.expire_due() == 1
+        finally:
+            state.datastore.delete = real_delete  # type: ignore[method-assign]
+        assert state.datastore.get(user, "c", victim) == {"id": victim, "n": 3}
+        assert ttl.expire_due() == 0  # nothing left scheduled for the new record
+    finally:
+        state.close()
+
+
+# ------------------------------------------------------------------ TTLs the SDK sends
+
+
+@pytest.mark.parametrize(("ttl", "wire"), [(90, "90s"), (2.0, "2s"), (1.5, "1500ms"),
+                                           (0.001, "1ms"), (0.0015, "2ms")])
+def test_ttl_is_sent_in_a_form_the_server_parses(ttl: float, wire: str) -> None:
+    from ekoclient._services.actions import ttl_wire
+    from mock_server.kv import parse_ttl
+
+    assert ttl_wire(ttl) == wire
+    assert parse_ttl(wire) == pytest.approx(float(wire.removesuffix("ms")) / 1000
+                                            if wire.endswith("ms") else ttl)
+
+
+def test_a_fractional_ttl_is_accepted_and_a_sub_millisecond_one_refused(admin: Client,
+                                                                         coll: str) -> None:
+    rid = admin.datastore.insert(coll, {"n": 1}, ttl=0.25)["id"]
+    eventually(lambda: _gone(admin, coll, rid))
+    for tiny in (0.00001, 1e-9):
+        with pytest.raises(InvalidArgumentError, match="at least 1 ms"):
+            admin.datastore.insert(coll, {"n": 2}, ttl=tiny)
+    with pytest.raises(InvalidArgumentError, match="positive"):
+        admin.datastore.insert(coll, {"n": 3}, ttl=float("inf"))
+    assert admin.datastore.find(coll) == []

@@ -9,13 +9,18 @@ Idempotency-Key like every write, so a retried increment is applied once.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from typing_extensions import Unpack
 
 from .._call import Call, json_call, segment
 from .._filters import Filter, filter_wire
 from .._http import Response
+from .._service import WriteOptions
 from ..errors import InvalidArgumentError
+from ._records import Record, _record_body
 
 FilterArg = Filter | Mapping[str, Any] | None
 
@@ -52,71 +57,82 @@ def _action(action: str, collection: str, id: str, field: str,
     return json_call("PUT", path, _record, {"field": _field(field), "value": value})
 
 
-def _increment(collection: str, id: str, field: str, by: int | float = 1
-               ) -> Call[dict[str, Any]]:
+def _increment(collection: str, id: str, field: str, by: int | float = 1,
+               **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Add ``by`` to a number field (a missing field counts as 0); returns the record."""
     return _action("increment", collection, id, field, _number(by, "by"))
 
 
-def _decrement(collection: str, id: str, field: str, by: int | float = 1
-               ) -> Call[dict[str, Any]]:
+def _decrement(collection: str, id: str, field: str, by: int | float = 1,
+               **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Subtract ``by`` from a number field; returns the record."""
     return _action("decrement", collection, id, field, _number(by, "by"))
 
 
-def _multiply(collection: str, id: str, field: str, by: int | float) -> Call[dict[str, Any]]:
+def _multiply(collection: str, id: str, field: str, by: int | float,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Multiply a number field by ``by``; returns the record."""
     return _action("multiply", collection, id, field, _number(by, "by"))
 
 
-def _divide(collection: str, id: str, field: str, by: int | float) -> Call[dict[str, Any]]:
+def _divide(collection: str, id: str, field: str, by: int | float,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Divide a number field by ``by`` (not 0); returns the record."""
     return _action("divide", collection, id, field, _number(by, "by"))
 
 
-def _modulo(collection: str, id: str, field: str, by: int | float) -> Call[dict[str, Any]]:
+def _modulo(collection: str, id: str, field: str, by: int | float,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Replace a number field by its remainder modulo ``by`` (not 0); returns the record."""
     return _action("modulo", collection, id, field, _number(by, "by"))
 
 
-def _push(collection: str, id: str, field: str, value: Any) -> Call[dict[str, Any]]:
+def _push(collection: str, id: str, field: str, value: Any,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Append ``value`` to an array field (created when missing); returns the record."""
     return _action("push", collection, id, field, value)
 
 
-def _pop(collection: str, id: str, field: str) -> Call[dict[str, Any]]:
+def _pop(collection: str, id: str, field: str,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Drop the last element of an array field; returns the record."""
     return _action("pop", collection, id, field)
 
 
-def _shift(collection: str, id: str, field: str) -> Call[dict[str, Any]]:
+def _shift(collection: str, id: str, field: str,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Drop the first element of an array field; returns the record."""
     return _action("shift", collection, id, field)
 
 
-def _unshift(collection: str, id: str, field: str, value: Any) -> Call[dict[str, Any]]:
+def _unshift(collection: str, id: str, field: str, value: Any,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Insert ``value`` at the front of an array field; returns the record."""
     return _action("unshift", collection, id, field, value)
 
 
-def _remove(collection: str, id: str, field: str, value: Any) -> Call[dict[str, Any]]:
+def _remove(collection: str, id: str, field: str, value: Any,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Remove every element equal to ``value`` from an array field; returns the record."""
     return _action("remove", collection, id, field, value)
 
 
-def _append(collection: str, id: str, field: str, value: str) -> Call[dict[str, Any]]:
+def _append(collection: str, id: str, field: str, value: str,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Append the string ``value`` to a string field; returns the record."""
     if not isinstance(value, str):
         raise InvalidArgumentError(f"append takes a string value, got {value!r}")
     return _action("append", collection, id, field, value)
 
 
-def _clear(collection: str, id: str, field: str) -> Call[dict[str, Any]]:
+def _clear(collection: str, id: str, field: str,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Reset a field to its type's empty value (0, "", [], {}, false); returns the record."""
     return _action("clear", collection, id, field)
 
 
-def _apply(collection: str, id: str, actions: Iterable[ActionStep]) -> Call[dict[str, Any]]:
+def _apply(collection: str, id: str, actions: Iterable[ActionStep],
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Apply ``[(action, field, value), ...]`` in order, atomically, in one request
     (``(action, field)`` for actions without a value); returns the record."""
     steps: list[list[Any]] = []
@@ -131,13 +147,13 @@ def _apply(collection: str, id: str, actions: Iterable[ActionStep]) -> Call[dict
                      steps)
 
 
-def _upsert(collection: str, id: str, record: Mapping[str, Any]) -> Call[dict[str, Any]]:
+def _upsert(collection: str, id: str, record: Record,
+             **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Update the record with this id (deep merge), or create it under this id; atomic on
-    the server. Returns the record as stored."""
-    if not isinstance(record, Mapping):
-        raise InvalidArgumentError(f"a record is a mapping of fields, got {type(record).__name__}")
+    the server. ``record`` is a mapping or a pydantic model, as for ``insert``. Returns the
+    record as stored."""
     return json_call("PUT", f"/api/upsert/{_record_path(collection, id)}",
-                     lambda r: dict(r.json()["record"]), dict(record))
+                     lambda r: dict(r.json()["record"]), _record_body(record, "a record"))
 
 
 def _count(collection: str, filter: FilterArg = None) -> Call[int]:
@@ -166,22 +182,28 @@ def _distinct(collection: str, field: str, filter: FilterArg = None) -> Call[lis
 
 
 def ttl_wire(ttl: float | dt.timedelta) -> str:
-    """A record TTL as ekoDB's insert body carries it: a duration string (``"90s"``)."""
+    """A record TTL as ekoDB's insert body carries it: a duration string (``"90s"``, or
+    whole milliseconds ``"1500ms"`` for a fraction; the server's grain is 1 ms)."""
     if isinstance(ttl, dt.timedelta):
         ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+            or not math.isfinite(ttl) or not ttl > 0):
         raise InvalidArgumentError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    return f"{int(ttl)}s" if float(ttl).is_integer() else f"{float(ttl)!r}s"
+    if ttl < 0.001:
+        raise InvalidArgumentError(f"ttl must be at least 1 ms (0.001 s), got {ttl!r} s")
+    if float(ttl).is_integer():
+        return f"{int(ttl)}s"
+    return f"{round(ttl * 1000)}ms"
 
 
-def _restore(collection: str, id: str) -> Call[bool]:
+def _restore(collection: str, id: str, **write: Unpack[WriteOptions]) -> Call[bool]:
     """Bring a deleted record back from the trash (within the server's retention window);
     NotFoundError when it is not there."""
     return json_call("POST", f"/api/trash/{_record_path(collection, id)}",
                      lambda r: bool(r.json()["restored"]))
 
 
-def _restore_all(collection: str) -> Call[int]:
+def _restore_all(collection: str, **write: Unpack[WriteOptions]) -> Call[int]:
     """Bring back every record of the collection still in the trash; how many came back."""
     return json_call("POST", f"/api/trash/{segment(collection, 'collection')}",
                      lambda r: int(r.json()["records_restored"]))

@@ -27,6 +27,7 @@ from .._service import E, Service, WriteOptions, endpoint
 from ..errors import InvalidArgumentError, MalformedResponseError
 from ..models import BatchResult, Page, SearchHit
 from . import actions as _actions
+from ._records import Record, _record_body
 
 if TYPE_CHECKING:
     from .transaction import Transaction
@@ -65,25 +66,6 @@ def _as_model(model: type[BaseModel] | None, parse: Any) -> Any:
         return lambda r: model.model_validate(_record(r))
     adapter = TypeAdapter(list[model])  # type: ignore[valid-type]
     return lambda r: adapter.validate_python(_records(r))
-
-
-Record = Mapping[str, Any] | BaseModel
-
-
-def _record_body(record: object, what: str, *, partial: bool = False) -> dict[str, Any]:
-    """A record to send: a mapping as given, or a pydantic model's JSON form.
-
-    A model's ``id`` is left out (the server owns ids and refuses one in a body); for
-    ``update`` only the fields that were set are sent, so a partial model changes only them.
-    """
-    if isinstance(record, BaseModel):
-        data = record.model_dump(mode="json", by_alias=True, exclude_unset=partial)
-        data.pop("id", None)
-        return data
-    if not isinstance(record, Mapping):
-        raise InvalidArgumentError(
-            f"{what} is a mapping of fields or a pydantic model, got {type(record).__name__}")
-    return dict(record)
 
 
 def _fields(value: Iterable[str] | None, what: str) -> list[str] | None:

@@ -12,9 +12,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from typing_extensions import Unpack
+
 from .._call import Call, json_call, parse_none, segment
 from .._http import Response
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint
 from ..errors import InvalidArgumentError
 
 TTL = float | int | dt.timedelta | None
@@ -50,7 +52,8 @@ def _entries(response: Response) -> dict[str, Any]:
     return {str(e["key"]): e["value"] for e in data}
 
 
-def _set(key: str, value: Any, *, ttl: TTL = None) -> Call[None]:
+def _set(key: str, value: Any, *, ttl: TTL = None,
+         **write: Unpack[WriteOptions]) -> Call[None]:
     """Store ``value`` (any JSON value) under ``key``; with ``ttl`` it expires after that
     many seconds. A set replaces the previous value and expiry."""
     body: dict[str, Any] = {"value": value}
@@ -73,7 +76,7 @@ def _exists(key: str) -> Call[bool]:
                      {"keys": [name]}, read_only=True)
 
 
-def _delete(key: str) -> Call[None]:
+def _delete(key: str, **write: Unpack[WriteOptions]) -> Call[None]:
     """Remove ``key``; removing an absent key is not an error."""
     return json_call("DELETE", f"/api/kv/delete/{segment(_key(key), 'key')}", parse_none)
 
@@ -84,7 +87,8 @@ def _get_many(keys: Iterable[str]) -> Call[dict[str, Any]]:
                      read_only=True)
 
 
-def _set_many(mapping: Mapping[str, Any], *, ttl: TTL = None) -> Call[None]:
+def _set_many(mapping: Mapping[str, Any], *, ttl: TTL = None,
+              **write: Unpack[WriteOptions]) -> Call[None]:
     """Store every ``key: value`` of ``mapping`` in one request, all or nothing."""
     if not isinstance(mapping, Mapping):
         raise InvalidArgumentError("set_many takes a mapping of keys to values")
@@ -99,7 +103,7 @@ def _deleted(response: Response) -> list[str]:
     return [str(key) for key, existed in response.json() if existed]
 
 
-def _delete_many(keys: Iterable[str]) -> Call[list[str]]:
+def _delete_many(keys: Iterable[str], **write: Unpack[WriteOptions]) -> Call[list[str]]:
     """Remove the keys; returns those that held a value."""
     return json_call("DELETE", "/api/kv/batch/delete", _deleted, {"keys": _keys(keys)})
 

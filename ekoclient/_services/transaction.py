@@ -17,10 +17,12 @@ from contextlib import suppress
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from typing_extensions import Unpack
+
 from .._call import Call, json_call, parse_json, segment
 from .._executor import AsyncExecutor, SyncExecutor
 from .._http import Response
-from .._service import E, Service, endpoint
+from .._service import E, Service, WriteOptions, endpoint
 from .._tokens import Credential
 from ..errors import EkoError, InvalidArgumentError
 from .datastore import DataStore, _find, _get
@@ -84,12 +86,12 @@ def _path(txid: str, *rest: str) -> str:
     return "/".join(["/api/transactions", segment(txid, "transaction id"), *rest])
 
 
-def _commit(txid: str) -> Call[dict[str, Any]]:
+def _commit(txid: str, **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Apply every write of the transaction at once; ConflictError if another write won."""
     return json_call("POST", _path(txid, "commit"), parse_json)
 
 
-def _rollback(txid: str) -> Call[dict[str, Any]]:
+def _rollback(txid: str, **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Discard every write of the transaction."""
     return json_call("POST", _path(txid, "rollback"), parse_json)
 
@@ -99,18 +101,18 @@ def _status(txid: str) -> Call[dict[str, Any]]:
     return json_call("GET", _path(txid), parse_json)
 
 
-def _savepoint(txid: str, name: str) -> Call[dict[str, Any]]:
+def _savepoint(txid: str, name: str, **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Mark this point; :meth:`rollback_to` undoes what comes after it."""
     return json_call("POST", _path(txid, "savepoints"), parse_json, {"name": name})
 
 
-def _rollback_to(txid: str, name: str) -> Call[dict[str, Any]]:
+def _rollback_to(txid: str, name: str, **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Undo the writes made since savepoint ``name`` (the savepoint stays)."""
     return json_call("POST", _path(txid, "savepoints", segment(name, "savepoint"), "rollback"),
                      parse_json)
 
 
-def _release(txid: str, name: str) -> Call[dict[str, Any]]:
+def _release(txid: str, name: str, **write: Unpack[WriteOptions]) -> Call[dict[str, Any]]:
     """Forget savepoint ``name`` (and later ones); the writes stay."""
     return json_call("DELETE", _path(txid, "savepoints", segment(name, "savepoint")),
                      parse_json)

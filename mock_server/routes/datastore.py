@@ -45,7 +45,7 @@ from mock_server.auth import Principal
 from mock_server.datastore import MAX_BATCH, FindPage, split_fields
 from mock_server.errors import bad_request
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
-from mock_server.routes.compat import client_options
+from mock_server.routes.compat import client_options, outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
 from mock_server.state import AppState
 
@@ -146,7 +146,8 @@ def list_collections(principal: CurrentPrincipal, state: State) -> dict[str, Any
     return {"collections": state.datastore.list_collections(principal)}
 
 
-@router.post("/api/collections/{collection}", response_model=None)
+@router.post("/api/collections/{collection}", response_model=None,
+             dependencies=[Depends(outside_transactions)])
 async def create_collection(collection: str, request: Request, principal: CurrentPrincipal,
                             state: State) -> dict[str, Any]:
     schema = await _body(request) if await request.body() else None
@@ -154,7 +155,8 @@ async def create_collection(collection: str, request: Request, principal: Curren
                                      schema)}
 
 
-@router.delete("/api/collections/{collection}", response_model=None)
+@router.delete("/api/collections/{collection}", response_model=None,
+               dependencies=[Depends(outside_transactions)])
 def drop_collection(collection: str, principal: CurrentPrincipal,
                     state: State) -> dict[str, Any]:
     return {"dropped": state.datastore.drop_collection(principal, collection)}

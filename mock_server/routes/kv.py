@@ -17,15 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
 from mock_server.kv import MAX_KV_BATCH
+from mock_server.routes.compat import outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
 
-router = APIRouter(tags=["kv"])
+# KV writes are applied at once: a ``?transaction_id=`` is refused, never silently ignored
+router = APIRouter(tags=["kv"], dependencies=[Depends(outside_transactions)])
 
 
 # Documentation-only models: bodies are parsed by the domain, which reports errors precisely.

@@ -8,9 +8,12 @@ and :mod:`mock_server.realtime`.
 | GET | ``/api/subscribe/{c}?filter_field&filter_value`` | read | → ``text/event-stream``:
 ``subscribed``, then one ``mutation`` event per ekoDB ``MutationNotification`` |
 
-The SSE stream sends a ``: keepalive`` comment every HEARTBEAT s, re-checks the token every
-AUTH_RECHECK s (revoked, expired or narrowed keys end the stream with an ``error`` event),
-and ends with ``error`` ``overflow`` if the consumer falls too far behind.
+The SSE stream sends a ``: keepalive`` comment every HEARTBEAT s, re-checks the key (by id,
+not its token) every AUTH_RECHECK s: a deleted or rotated key, a lost READ or a refused
+address end the stream with an ``error`` event, while an edit that keeps those (a relabel)
+or the token's expiry does not. It ends with ``error`` ``overflow`` if the consumer falls
+too far behind. A key holds at most ``ws_max_sockets_per_key`` open feeds (counted apart from
+its WebSockets); past that a subscribe is refused with 429 ``too_many_feeds``.
 """
 
 from __future__ import annotations
@@ -21,18 +24,21 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.errors import ApiError
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
-from mock_server.permissions import PermissionDenied
+from mock_server.permissions import Level, PermissionDenied
 from mock_server.realtime import Feed, notifications
+from mock_server.routes.compat import outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
 
-router = APIRouter(tags=["search"])
+# search and feeds see committed data only: a ``?transaction_id=`` is refused (400), so a
+# caller never mistakes a search that misses its staged writes for one inside the transaction
+router = APIRouter(tags=["search"], dependencies=[Depends(outside_transactions)])
 
 HEARTBEAT = 5.0
 AUTH_RECHECK = 1.0
@@ -89,10 +95,18 @@ async def subscribe(collection: str, request: Request, principal: CurrentPrincip
                     state: State, filter_field: FilterParam = None,
                     filter_value: FilterParam = None) -> StreamingResponse:
     loop = asyncio.get_running_loop()
-    feed = await run_in_threadpool(lambda: state.realtime.open(
-        principal, collection, filter_field, filter_value, loop=loop))
-    authorization = request.headers.get("authorization")
+    if not state.sse_feeds.acquire(principal.key_id):
+        raise ApiError(429, "too_many_feeds",
+                       f"too many open change feeds for this key (at most "
+                       f"{state.sse_feeds.cap}); close one first")
+    try:
+        feed = await run_in_threadpool(lambda: state.realtime.open(
+            principal, collection, filter_field, filter_value, loop=loop))
+    except BaseException:
+        state.sse_feeds.release(principal.key_id)
+        raise
     ip = state.client_ip_of(request.scope)
+    secret = await run_in_threadpool(state.authenticator.keys.secret_digest, principal.key_id)
 
     async def stream() -> AsyncIterator[bytes]:
         scope, seq = principal.scope, 0
@@ -104,11 +118,15 @@ async def subscribe(collection: str, request: Request, principal: CurrentPrincip
                 now = time.monotonic()
                 if now - last_auth >= AUTH_RECHECK:
                     last_auth = now
-                    try:
-                        scope = (await run_in_threadpool(
-                            state.authenticator.principal, authorization, ip)).scope
+                    try:  # by key id: a relabel or the token's expiry keeps the feed
+                        scope = await run_in_threadpool(
+                            state.authenticator.feed_scope, principal.key_id, secret, ip)
+                        scope.require(feed.collection, Level.READ)
                     except ApiError as exc:
                         yield _sse("error", {"code": exc.code, "message": exc.message})
+                        return
+                    except PermissionDenied as exc:
+                        yield _sse("error", {"code": "forbidden", "message": str(exc)})
                         return
                 if feed.overflowed:
                     yield _sse("error", _overflow(feed))
@@ -129,6 +147,7 @@ async def subscribe(collection: str, request: Request, principal: CurrentPrincip
                     yield _sse("mutation", payload, seq)
         finally:
             state.realtime.close(feed)
+            state.sse_feeds.release(principal.key_id)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from mock_server.http_json import openapi_body
+from mock_server.routes.compat import outside_transactions
 from mock_server.routes.datastore import _body, _run
 from mock_server.routes.deps import CurrentPrincipal, State
 
@@ -97,12 +98,16 @@ def get_collection(collection: str, principal: CurrentPrincipal,
     return {"collection": state.datastore.get_schema(principal, collection), "analytics": {}}
 
 
-@router.get("/api/schemas/{collection}")
+_OUTSIDE = [Depends(outside_transactions)]  # schemas are not staged: refuse a transaction_id
+
+
+@router.get("/api/schemas/{collection}", dependencies=_OUTSIDE)
 def get_schema(collection: str, principal: CurrentPrincipal, state: State) -> dict[str, Any]:
     return state.datastore.get_schema(principal, collection)
 
 
-@router.put("/api/schemas/{collection}", openapi_extra=openapi_body(_ConstraintsDoc))
+@router.put("/api/schemas/{collection}", openapi_extra=openapi_body(_ConstraintsDoc),
+            dependencies=_OUTSIDE)
 async def update_schema(collection: str, request: Request, principal: CurrentPrincipal,
                         state: State) -> dict[str, Any]:
     body = await _body(request)

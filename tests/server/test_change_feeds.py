@@ -131,6 +131,66 @@ def test_sse_stream_ends_with_an_error_when_the_key_is_revoked(api: Api, coll: s
         assert event == "error" and data["code"] in ("unauthorized", "invalid_token"), data
 
 
+def test_sse_stream_outlives_an_edit_that_keeps_the_keys_rights(api: Api, coll: str) -> None:
+    """A relabel bumps the key's version (its tokens stop working) but revokes nothing: the
+    feed keeps delivering across several re-checks (one per second)."""
+    key = api.create_key(collection_permissions={coll: ["read"]})
+    with sse(api, coll, api.headers(key["api_key"])) as feed:
+        r = api.http.put(f"/api/auth/keys/{key['key_id']}", headers=api.admin,
+                         json={"label": "relabelled"})
+        assert r.status_code == 200, r.text
+        edited = time.monotonic()
+        while time.monotonic() - edited < 2.5:  # past at least two re-checks
+            rid = api.http.post(f"/api/insert/{coll}", json={"n": 1},
+                                headers=api.admin).json()["id"]
+            assert feed.mutation()["record_ids"] == [rid]
+
+
+@pytest.mark.parametrize("change", ["narrow", "rotate"])
+def test_sse_stream_ends_when_the_key_loses_read_or_is_rotated(api: Api, coll: str,
+                                                               change: str) -> None:
+    key = api.create_key(collection_permissions={coll: ["read"]})
+    with sse(api, coll, api.headers(key["api_key"])) as feed:
+        if change == "narrow":
+            r = api.http.put(f"/api/auth/keys/{key['key_id']}", headers=api.admin,
+                             json={"collection_permissions": {"other": ["read"]}})
+        else:
+            r = api.http.post(f"/api/auth/keys/{key['key_id']}/rotate", headers=api.admin)
+        assert r.status_code == 200, r.text
+        event, data = feed.next()
+        assert event == "error", (event, data)
+        assert data["code"] == ("forbidden" if change == "narrow" else "unauthorized"), data
+
+
+def test_sse_feeds_per_key_are_capped_and_released(ekodb_server_factory: Any) -> None:
+    info = ekodb_server_factory(ws_max_sockets_per_key=2)
+    api = Api(info)
+    try:
+        name = "feed_" + uuid.uuid4().hex[:10]
+        assert api.http.post(f"/api/collections/{name}", headers=api.admin).status_code == 200
+        key = api.create_key(collection_permissions={name: ["read"]})
+        h = api.headers(key["api_key"])
+        with sse(api, name, h), sse(api, name, h):
+            err = assert_error(api.http.get(f"/api/subscribe/{name}", headers=h), 429,
+                               "too_many_feeds")
+            assert "at most 2" in err["message"]
+            with sse(api, name, api.admin):  # another key's feeds are its own
+                pass
+        for _ in range(3):  # refused subscribes hold nothing
+            assert_error(api.http.get(f"/api/subscribe/{name}", headers=h,
+                                      params={"filter_field": "x"}), 400)
+        deadline = time.monotonic() + 10
+        while True:  # both closed: the server releases them when it notices
+            try:
+                with sse(api, name, h), sse(api, name, h):
+                    break
+            except AssertionError:
+                assert time.monotonic() < deadline, "closed feeds never released"
+                time.sleep(0.1)
+    finally:
+        api.close()
+
+
 # ------------------------------------------------------------------------------ WebSocket
 
 

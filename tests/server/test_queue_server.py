@@ -376,6 +376,21 @@ def test_bad_queue_names_are_400(api: Api, name: str) -> None:
     assert_error(r, r.status_code)
 
 
+@pytest.mark.parametrize("kind", ["queue", "dedupq"])
+def test_names_starting_with_underscore_are_refused_so_move_never_collides(
+        api: Api, kind: str) -> None:
+    """``DELETE /api/queue/_move`` would purge a queue named ``_move``: such names are the
+    routes' own, refused for every operation."""
+    for method, path in (("POST", "/_move/send"), ("POST", "/_x/send"), ("DELETE", "/_move"),
+                         ("GET", "/_move/size")):
+        r = api.http.request(method, f"/api/{kind}{path}", json=1, headers=api.admin)
+        err = assert_error(r, 400, "validation_error")
+        assert "'_'" in err["message"]
+    r = api.http.post(f"/api/{kind}/_move", params={"from": "_a", "to": "ok"},
+                      headers=api.admin)
+    assert_error(r, 400, "validation_error")
+
+
 def test_bad_move_names_are_400(api: Api) -> None:
     r = api.http.post("/api/queue/_move", params={"from": "a:b", "to": "ok"},
                       headers=api.admin)
@@ -404,7 +419,8 @@ def test_unknown_or_foreign_ids_are_400_and_nothing_is_acked(api: Api, q: Q) -> 
     (theirs,) = other.poll()
     q.send("mine")
     (mine,) = q.poll()
-    for ids in (["nope"], [mine["id"], "nope"], [theirs["id"]], [mine["id"][:-1] + "A"]):
+    forged = mine["id"][:-1] + ("B" if mine["id"].endswith("A") else "A")  # always differs
+    for ids in (["nope"], [mine["id"], "nope"], [theirs["id"]], [forged]):
         assert_error(q.post("/ack", {"ids": ids}), 400, "unknown_id")
         assert_error(q.post("/renew", {"ids": ids, "claim_ttl": 0}), 400, "unknown_id")
     assert q.counts() == (1, 1) and other.counts() == (1, 1)

@@ -61,3 +61,61 @@ def test_unique_and_updates_against_stored_records() -> None:
         check_existing(tight, [{"e": "x"}, {"e": "x"}])
     assert conflict.value.status == 409 and "'e'" in conflict.value.message
     check_existing(tight, [{"e": "x"}, {"e": "y"}, {}])
+
+
+# ---------------------------------------------------------------- datetimes are instants
+
+DUE_BY_JUNE = {"fields": {"due": {"field_type": "datetime", "max": "2024-06-01T00:00:00Z"}}}
+
+
+def test_datetime_max_compares_instants_not_strings() -> None:
+    schema = parse_schema(DUE_BY_JUNE)
+    # 2024-06-01T04:00Z: four hours after the maximum, written with a -05:00 offset
+    with pytest.raises(ApiError, match="'due' must be no later than 2024-06-01T00:00:00Z"):
+        schema.conform({"due": "2024-05-31T23:00:00-05:00"}, new=True)
+    # 2024-05-31T22:00Z: two hours before it, although its text sorts after it
+    schema.conform({"due": "2024-06-01T03:00:00+05:00"}, new=True)
+
+
+def test_datetime_min_reads_a_naive_time_as_utc() -> None:
+    schema = parse_schema({"fields": {"at": {"field_type": "datetime",
+                                             "min": "2024-01-01T12:00:00+02:00"}}})
+    schema.conform({"at": "2024-01-01T10:00:00"}, new=True)  # 10:00Z == the minimum
+    with pytest.raises(ApiError, match="no earlier than"):
+        schema.conform({"at": "2024-01-01T09:59:59Z"}, new=True)
+
+
+# ---------------------------------------------------------------- regex in linear time
+
+
+def test_a_backtracking_regex_is_matched_in_linear_time() -> None:
+    """``(a+)+b`` over 25 'a's takes Python's ``re`` seconds (it holds the write lock and
+    the GIL meanwhile); RE2 answers at once."""
+    import time
+
+    schema = parse_schema({"fields": {"s": {"field_type": "string", "regex": "(a+)+b"}}})
+    started = time.perf_counter()
+    with pytest.raises(ApiError, match="does not match"):
+        schema.conform({"s": "a" * 25}, new=True)
+    assert time.perf_counter() - started < 0.5
+    schema.conform({"s": "a" * 25 + "b"}, new=True)
+    started = time.perf_counter()
+    with pytest.raises(ApiError, match=r"schema_conflict|break"):
+        check_existing(schema, [{"id": "r", "s": "a" * 25}])  # update_schema's check
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_regex_beyond_re2_is_refused_when_the_schema_is_set() -> None:
+    for pattern in (r"(a)\1", "(?=a)a", "(?<!x)y"):
+        with pytest.raises(ApiError, match=r"'s'.*RE2") as info:
+            parse_schema({"fields": {"s": {"field_type": "string", "regex": pattern}}})
+        assert info.value.status == 400
+
+
+def test_a_value_too_long_for_the_pattern_is_refused() -> None:
+    from mock_server.schemas import MAX_REGEX_INPUT
+
+    schema = parse_schema({"fields": {"s": {"field_type": "string", "regex": "a*"}}})
+    schema.conform({"s": "a" * MAX_REGEX_INPUT}, new=True)
+    with pytest.raises(ApiError, match="too long"):
+        schema.conform({"s": "a" * (MAX_REGEX_INPUT + 1)}, new=True)

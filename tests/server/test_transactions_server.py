@@ -7,6 +7,7 @@ levels, expiry with purge, and staged writes encrypted at rest.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -168,10 +169,51 @@ def test_staged_writes_are_encrypted_at_rest(t: Tx, ekodb_server: ServerInfo) ->
     marker = uuid.uuid4().hex
     tx = t.begin()
     rid = t.insert({"secret": f"S{marker}"}, tx).json()["id"]
-    t.http.post(f"/api/transactions/{tx}/savepoints", json={"name": "sp"}, headers=t.h)
+    savepoint = f"SP{marker[:16]}"  # a savepoint name is the caller's data too
+    r = t.http.post(f"/api/transactions/{tx}/savepoints", json={"name": savepoint},
+                    headers=t.h)
+    assert r.status_code == 200, r.text
     t.update(rid, {"more": f"M{marker}"}, tx)
-    assert scan(ekodb_server.data_dir, [marker.encode(), rid.encode(), tx.encode()]) == []
+    assert scan(ekodb_server.data_dir, [marker.encode(), rid.encode(), tx.encode(),
+                                        savepoint.encode()]) == []
+    status = t.http.get(f"/api/transactions/{tx}", headers=t.h).json()
+    assert status["savepoints"] == [savepoint]  # still readable through the API
     t.commit(tx)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/api/kv/set/{key}", {"value": 1}),
+    ("GET", "/api/kv/get/{key}", None),
+    ("DELETE", "/api/kv/delete/{key}", None),
+    ("POST", "/api/kv/batch/set", {"keys": ["{key}"], "values": [1]}),
+    ("POST", "/api/kv/batch/get", {"keys": ["{key}"]}),
+    ("DELETE", "/api/kv/batch/delete", {"keys": ["{key}"]}),
+    ("POST", "/api/kv/find", {"pattern": "{key}"}),
+    ("POST", "/api/search/{c}", {"query": "zebra"}),
+    ("GET", "/api/subscribe/{c}", None),
+    ("POST", "/api/collections/{c}_new", None),
+    ("DELETE", "/api/collections/{c}", None),
+    ("GET", "/api/schemas/{c}", None),
+    ("PUT", "/api/schemas/{c}", {"constraints": {"n": {"field_type": "integer"}}}),
+])
+def test_routes_outside_transactions_refuse_a_transaction_id(
+        t: Tx, method: str, path: str, body: Any) -> None:
+    """Never applied at once (or answered from committed data) while the caller believes
+    it ran inside the transaction: 400, and nothing changes."""
+    key = f"txkv.{uuid.uuid4().hex[:8]}"
+    tx = t.begin()
+    assert t.insert({"title": "zebra"}, tx).status_code == 200
+    fill = path.format(c=t.c, key=key)
+    content = None if body is None else json.dumps(body).replace("{key}", key)
+    r = t.http.request(method, fill, params={"transaction_id": tx}, content=content,
+                       headers={**t.h, "content-type": "application/json"})
+    err = assert_error(r, 400, "validation_error")
+    assert "transaction" in err["message"]
+    t.http.post(f"/api/transactions/{tx}/rollback", headers=t.h)
+    assert t.http.get(f"/api/kv/get/{key}", headers=t.h).status_code == 404
+    assert t.http.get(f"/api/schemas/{t.c}", headers=t.h).json()["fields"] == {}
+    assert t.http.post(f"/api/count/{t.c}", headers=t.h, json={}).status_code == 200
+    assert t.http.post(f"/api/count/{t.c}_new", headers=t.h, json={}).status_code == 404
 
 
 def test_abandoned_transactions_expire_and_are_purged(ekodb_server_factory: Any) -> None:
@@ -192,6 +234,29 @@ def test_abandoned_transactions_expire_and_are_purged(ekodb_server_factory: Any)
         with sqlite3.connect(info.data_dir / DB_FILE) as db:
             assert db.execute("SELECT COUNT(*) FROM ds_tx_writes").fetchone() == (0,)
         assert t.find() == []
+    finally:
+        api.close()
+
+
+def test_abandoned_transactions_are_purged_without_another_transaction_call(
+        ekodb_server_factory: Any) -> None:
+    """The server's sweeper expires them: no later begin or commit is needed."""
+    info = ekodb_server_factory(transaction_ttl=0.3)
+    api = Api(info)
+    try:
+        admin_h = api.admin
+        t = Tx(api, admin_h, _collection(api, admin_h))
+        tx = t.begin()
+        assert t.insert({"secret": "x"}, tx).status_code == 200
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(info.data_dir / DB_FILE) as db:
+                left = db.execute("SELECT COUNT(*) FROM ds_tx_writes").fetchone()[0]
+            if left == 0:
+                break
+            assert time.monotonic() < deadline, "abandoned writes never purged"
+            time.sleep(0.1)
+        assert_error(t.commit(tx), 404, "transaction_expired")
     finally:
         api.close()
 

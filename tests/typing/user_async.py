@@ -26,5 +26,10 @@ async def main(client: AsyncClient, key: str) -> None:
     assert_type(raw, RawResponse[Any])
     assert_type(client.with_options(max_retries=1), AsyncClient)
     reveal_type(await ds.find("orders", model=Order))
+    await client.kv.delete("k", idempotency_key="op-1")
+    assert_type(await ds.upsert("orders", "1", Order(total=1), idempotency_key="op-2"),
+                dict[str, Any])
+    async with client.datastore.transaction() as tx:
+        await tx.rollback(idempotency_key="op-3")
     pending = view.datastore.get("o", "1", model=Order)
     _ = pending.total  # type: ignore[attr-defined]  # a coroutine: forgot the await

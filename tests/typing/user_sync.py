@@ -44,3 +44,18 @@ def main(client: Client, key: str) -> None:
     Client.from_env(base_ur="https://h")  # type: ignore[call-arg]
     Client.builder().retry(max_attempt=3)  # type: ignore[call-arg]
     client.datastore.delete("users", "1", idempotency_key=7)  # type: ignore[arg-type]
+    # every write takes the caller's own idempotency key, the newer ones included
+    client.kv.set("k", 1, idempotency_key="op-1")
+    client.kv.set_many({"k": 1}, ttl=5, idempotency_key="op-2")
+    assert_type(client.kv.delete_many(["k"], idempotency_key="op-3"), list[str])
+    assert_type(ds.increment("users", "1", "n", idempotency_key="op-4"), dict[str, Any])
+    assert_type(ds.apply("users", "1", [("push", "tags", "a")], idempotency_key="op-5"),
+                dict[str, Any])
+    assert_type(ds.upsert("users", "1", User(name="c", age=3), idempotency_key="op-6"),
+                dict[str, Any])
+    assert_type(ds.restore("users", "1", idempotency_key="op-7"), bool)
+    with client.datastore.transaction() as tx:
+        tx.savepoint("sp", idempotency_key="op-8")
+        tx.commit(idempotency_key="op-9")
+    client.kv.set("k", 1, idempotency_key=7)  # type: ignore[arg-type]
+    ds.increment("users", "1", "n", idempotency_ky="x")  # type: ignore[call-arg]
