@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--records", type=int, default=200, help="records the find scans")
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
+    parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
+                        help="raw: collapsed stacks (one line per stack, for grep/sort)")
     args = parser.parse_args()
 
     with reference_server() as server:
@@ -143,13 +146,15 @@ def _profile(proc: psutil.Process, op: Op, args: Any) -> None:
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    out = f"bench-server-{args.profile.replace(' ', '-')}.svg"
+    raw = args.profile_format == "raw"
+    out = f"bench-server-{args.profile.replace(' ', '-')}.{'txt' if raw else 'svg'}"
     recorder = subprocess.Popen(
-        [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking"])
+        [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking",
+         "--format", "raw" if raw else "flamegraph"])
     time.sleep(1.0)  # let py-spy attach before the load starts
     rate, cpu = _measure(proc, op, args.requests, args.threads)
-    recorder.terminate()
-    recorder.wait(30)
+    recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not SIGTERM
+    recorder.wait(60)
     print(f"{args.profile}: {rate:.0f} req/s, server {cpu:.2f} ms CPU/req; profile in {out}")
 
 

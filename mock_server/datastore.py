@@ -316,6 +316,7 @@ class DataStore:
         self._max_batch = max_batch
         self._clock = clock
         self._schemas = SchemaStore(keyring)
+        self._cidxs: dict[str, bytes] = {}  # collection name -> its blind index
         #: Called inside the transaction just before a record row is deleted, with
         #: (connection, collection, cidx, record id, caller): the trash keeps a copy.
         self.removal_hooks: list[Callable[[sqlite3.Connection, str, bytes, str, Caller],
@@ -324,7 +325,13 @@ class DataStore:
     # ---------------------------------------------------------------- crypto & rows
 
     def _cidx(self, collection: str) -> bytes:
-        return self._keyring.blind_index(_SERVICE, "collection", collection)
+        known = self._cidxs.get(collection)  # an HMAC per request saved (names only)
+        if known is None:
+            known = self._keyring.blind_index(_SERVICE, "collection", collection)
+            if len(self._cidxs) >= 4096:
+                self._cidxs.clear()
+            self._cidxs[collection] = known
+        return known
 
     def _ridx(self, collection: str, record_id: str) -> bytes:
         return self._keyring.blind_index(_SERVICE + "-record", collection, record_id)
@@ -616,8 +623,14 @@ class DataStore:
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         conn = self._storage.conn
-        record = self._load(conn, name, self._exists(conn, name), record_id)
+        cidx = self._cidx(name)
+        if OVERLAY.get() is not None:  # a transaction's view: check the collection first
+            self._exists(conn, name)
+        # A stored record implies its collection (a drop deletes both in one transaction):
+        # the existence check is needed only to word the 404.
+        record = self._load(conn, name, cidx, record_id)
         if record is None:
+            self._exists(conn, name)
             raise ApiError(404, "not_found", "record not found")
         return _narrow(caller.scope.project(name, record), select_fields, exclude_fields)
 

@@ -170,6 +170,11 @@ class Unit:
             self._release()
             self._due = self._effects.rolled_back
 
+    @property
+    def due(self) -> bool:
+        """Whether :meth:`settle` has callbacks to run (else a caller skips the thread hop)."""
+        return bool(self._due)
+
     def settle(self) -> None:
         """Run the callbacks the commit or rollback made due (file unlinks, wake-ups)."""
         due, self._due = self._due, []
