@@ -1,7 +1,9 @@
 """What the reference server spends per request, by operation, SDK and raw httpx side by side.
 
     python -m bench.server [--requests 300] [--rounds 3] [--threads 4] [--records 200]
+    python -m bench.server --event-loop uvloop                # the server on uvloop
     python -m bench.server --profile get --requests 2000     # py-spy flame graph of the server
+    python -m bench.server --profile insert --profile-gil --profile-format raw  # CPU only
 
 Server CPU per request is read from the server process itself (user + system time from
 psutil before and after a batch), so client cost never counts. Each round runs every
@@ -87,12 +89,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--records", type=int, default=200, help="records the find scans")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the server's event loop (uvloop: the server-fast extra)")
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
     parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
                         help="raw: collapsed stacks (one line per stack, for grep/sort)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="sample only the thread holding the GIL (Python CPU, no waits)")
     args = parser.parse_args()
 
-    with reference_server() as server:
+    with reference_server("--event-loop", args.event_loop) as server:
         assert server.ca_bundle is not None and server.admin_key is not None
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
@@ -130,7 +136,8 @@ def main() -> None:
 
 
 def _print(samples: dict[tuple[str, str], list[tuple[float, float]]], args: Any) -> None:
-    print(f"reference server over TLS keep-alive, {args.threads} client threads, "
+    print(f"reference server ({args.event_loop} loop) over TLS keep-alive, "
+          f"{args.threads} client threads, "
           f"{args.requests} requests x {args.rounds} rounds; find scans {args.records} records")
     print(f"{'operation':<12} {'client':<10} {'req/s median (range)':>26} "
           f"{'server CPU ms/req median (range)':>36}")
@@ -150,7 +157,7 @@ def _profile(proc: psutil.Process, op: Op, args: Any) -> None:
     out = f"bench-server-{args.profile.replace(' ', '-')}.{'txt' if raw else 'svg'}"
     recorder = subprocess.Popen(
         [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking",
-         "--format", "raw" if raw else "flamegraph"])
+         "--format", "raw" if raw else "flamegraph", *(["--gil"] if args.profile_gil else [])])
     time.sleep(1.0)  # let py-spy attach before the load starts
     rate, cpu = _measure(proc, op, args.requests, args.threads)
     recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not SIGTERM
