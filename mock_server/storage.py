@@ -290,10 +290,14 @@ class Storage:
             unit.active = False  # a context copied meanwhile must not join it later
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... COMMIT; nested use joins the outer transaction.
 
         Inside a unit it is a savepoint of the unit's transaction instead.
+        ``durable=False`` (an outermost transaction only): COMMIT without the fsync
+        (``synchronous=NORMAL``), for writes that may be lost in a power cut without
+        harm; they still survive a killed process, and the next durable COMMIT on the
+        database syncs them with its own (the WAL is appended in order).
         """
         unit = self._unit()
         if unit is not None:
@@ -309,6 +313,8 @@ class Storage:
             finally:
                 self._local.depth = depth
             return
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         effects = _Effects()
         self._local.depth, self._local.effects = 1, effects
@@ -324,7 +330,19 @@ class Storage:
             raise
         finally:
             self._local.depth, self._local.effects = 0, None
+            if not durable:
+                self._restore_full(conn)
         _run_all(effects.committed, "a commit")
+
+    def _restore_full(self, conn: sqlite3.Connection) -> None:
+        """Back to ``synchronous=FULL``; a connection that cannot be is never used again
+        (every later COMMIT on it would skip the fsync)."""
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            self._local.conn = None
+            with suppress(sqlite3.Error):
+                conn.close()
 
     def _effects_now(self) -> _Effects:
         unit = self._unit()
