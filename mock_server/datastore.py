@@ -494,7 +494,8 @@ class DataStore:
             self._changes.publish_in_transaction(tx.changes, conn)
             if tx.changes:
                 changes = tx.changes
-                self._storage.after_commit(lambda: self._changes.publish_committed(changes))
+                self._storage.after_commit(lambda: self._changes.publish_committed(changes),
+                                           quick=True)
 
     # ---------------------------------------------------------------- permission helpers
 

@@ -56,6 +56,18 @@ class _Effects:
         self.rolled_back += inner.rolled_back
 
 
+class _Quick:
+    """A callback that neither blocks nor does I/O (a wake-up): fine on an event loop."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def __call__(self) -> object:
+        return self.callback()
+
+
 def _run_all(callbacks: list[Callback], what: str) -> None:
     # the data is already committed (or gone): a failing callback must not change the answer
     for callback in callbacks:
@@ -174,6 +186,12 @@ class Unit:
     def due(self) -> bool:
         """Whether :meth:`settle` has callbacks to run (else a caller skips the thread hop)."""
         return bool(self._due)
+
+    @property
+    def due_quick(self) -> bool:
+        """Whether every callback due is quick (``after_commit(..., quick=True)``): then
+        :meth:`settle` may run on an event loop, without a hop to a thread."""
+        return all(isinstance(callback, _Quick) for callback in self._due)
 
     def settle(self) -> None:
         """Run the callbacks the commit or rollback made due (file unlinks, wake-ups)."""
@@ -353,10 +371,11 @@ class Storage:
             raise RuntimeError("after_commit/on_rollback outside a transaction")
         return effects
 
-    def after_commit(self, callback: Callback) -> None:
+    def after_commit(self, callback: Callback, *, quick: bool = False) -> None:
         """Run ``callback`` once the current transaction is durably committed (dropped if
-        it rolls back). For effects others may observe: wake-ups, unlinking replaced files."""
-        self._effects_now().committed.append(callback)
+        it rolls back). For effects others may observe: wake-ups, unlinking replaced files.
+        ``quick``: it never blocks nor does I/O (a wake-up), so it may run on the loop."""
+        self._effects_now().committed.append(_Quick(callback) if quick else callback)
 
     def on_rollback(self, callback: Callback) -> None:
         """Run ``callback`` if the current transaction rolls back (undo outside SQLite)."""

@@ -168,3 +168,18 @@ def test_a_commit_without_fsync_commits_and_leaves_the_connection_fully_durable(
         raise RuntimeError
     assert committed(tmp_path) == ["claim"]
     assert storage.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("kinds", [(True,), (True, False)])
+def test_a_unit_says_whether_its_due_callbacks_may_run_on_an_event_loop(
+        storage: Storage, kinds: tuple[bool, ...]) -> None:
+    """Wake-ups (quick) may run on the loop; anything else (file unlinks) needs a thread."""
+    seen: list[bool] = []
+    with storage.unit() as unit, storage.transaction():
+        add(storage, f"q{len(kinds)}")
+        for quick in kinds:
+            storage.after_commit(lambda q=quick: seen.append(q), quick=quick)
+    unit.commit()
+    assert unit.due and unit.due_quick == all(kinds)
+    unit.settle()
+    assert seen == list(kinds) and not unit.due
