@@ -1,7 +1,9 @@
 """What the reference server spends per request, by operation, SDK and raw httpx side by side.
 
     python -m bench.server [--requests 300] [--rounds 3] [--threads 4] [--records 200]
+    python -m bench.server --event-loop uvloop                # the server on uvloop
     python -m bench.server --profile get --requests 2000     # py-spy flame graph of the server
+    python -m bench.server --profile insert --profile-gil --profile-format raw  # CPU only
 
 Server CPU per request is read from the server process itself (user + system time from
 psutil before and after a batch), so client cost never counts. Each round runs every
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -46,8 +49,8 @@ def _raw_ops(http: httpx.Client, token: str, coll: str, ids: list[str],
     def find(i: int) -> object:
         return http.post(f"/api/find/{coll}", json=find_body, headers=h).raise_for_status()
 
-    def insert(i: int) -> object:
-        return http.post(f"/api/insert/{coll}", json={"n": i, "team": "c"},
+    def insert(i: int) -> object:  # into a collection of its own: finds never scan these
+        return http.post(f"/api/insert/{coll}_w", json={"n": i, "team": "c"},
                          headers={**h, "Idempotency-Key": uuid.uuid4().hex}).raise_for_status()
 
     def send(i: int) -> object:
@@ -63,7 +66,7 @@ def _sdk_ops(client: Client, coll: str, ids: list[str], queue: str) -> dict[str,
     return {
         "get": lambda i: ds.get(coll, ids[i % len(ids)]),
         "find": lambda i: ds.find(coll, flt, limit=10),
-        "insert": lambda i: ds.insert(coll, {"n": i, "team": "c"}),
+        "insert": lambda i: ds.insert(f"{coll}_w", {"n": i, "team": "c"}),
         "queue send": lambda i: q.send(queue, {"n": i}),
     }
 
@@ -86,10 +89,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--records", type=int, default=200, help="records the find scans")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the server's event loop (uvloop: the server-fast extra)")
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
+    parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
+                        help="raw: collapsed stacks (one line per stack, for grep/sort)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="sample only the thread holding the GIL (Python CPU, no waits)")
     args = parser.parse_args()
 
-    with reference_server() as server:
+    with reference_server("--event-loop", args.event_loop) as server:
         assert server.ca_bundle is not None and server.admin_key is not None
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
@@ -101,7 +110,8 @@ def main() -> None:
             token = http.post("/api/auth/token", json={"api_key": server.admin_key}).json()
             h = {"Authorization": f"Bearer {token['token']}"}
             coll, queue = f"bench_{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
-            http.post(f"/api/collections/{coll}", headers=h).raise_for_status()
+            for name in (coll, f"{coll}_w"):
+                http.post(f"/api/collections/{name}", headers=h).raise_for_status()
             inserts = [{"data": {"n": i, "team": "ab"[i % 2]}} for i in range(args.records)]
             ids = http.post(f"/api/batch/insert/{coll}", json={"inserts": inserts},
                             headers=h).json()["successful"]
@@ -127,7 +137,8 @@ def main() -> None:
 
 
 def _print(samples: dict[tuple[str, str], list[tuple[float, float]]], args: Any) -> None:
-    print(f"reference server over TLS keep-alive, {args.threads} client threads, "
+    print(f"reference server ({args.event_loop} loop) over TLS keep-alive, "
+          f"{args.threads} client threads, "
           f"{args.requests} requests x {args.rounds} rounds; find scans {args.records} records")
     print(f"{'operation':<12} {'client':<10} {'req/s median (range)':>26} "
           f"{'server CPU ms/req median (range)':>36}")
@@ -143,13 +154,15 @@ def _profile(proc: psutil.Process, op: Op, args: Any) -> None:
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    out = f"bench-server-{args.profile.replace(' ', '-')}.svg"
+    raw = args.profile_format == "raw"
+    out = f"bench-server-{args.profile.replace(' ', '-')}.{'txt' if raw else 'svg'}"
     recorder = subprocess.Popen(
-        [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking"])
+        [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking",
+         "--format", "raw" if raw else "flamegraph", *(["--gil"] if args.profile_gil else [])])
     time.sleep(1.0)  # let py-spy attach before the load starts
     rate, cpu = _measure(proc, op, args.requests, args.threads)
-    recorder.terminate()
-    recorder.wait(30)
+    recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not SIGTERM
+    recorder.wait(60)
     print(f"{args.profile}: {rate:.0f} req/s, server {cpu:.2f} ms CPU/req; profile in {out}")
 
 

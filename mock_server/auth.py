@@ -1,7 +1,9 @@
 """Request authentication: bearer token → fresh key row → Principal.
 
-The key row is re-read on every request (never cached), so deletion, rotation, scope
-narrowing and allowlist changes bite on the very next request of an issued token.
+The key's version is re-read from SQLite on every request, so deletion, rotation, scope
+narrowing and allowlist changes bite on the very next request of an issued token, in every
+process sharing the data dir. Only the decoded Principal (decrypted row, parsed permissions,
+networks) is cached, keyed by (key id, version): every change of a key bumps its version.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from mock_server.permissions import Level, PermissionDenied, Scope
 from mock_server.tokens import TokenError, TokenService
 
 INVALID_TOKEN = "invalid or expired token"
+#: Decoded keys remembered per process (cleared whole when full: a miss costs one decode).
+PRINCIPAL_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class Authenticator:
         self.keys = keys
         self.tokens = tokens
         self.metrics = metrics
+        #: key id -> Principal decoded from the row at Principal.record.version
+        self._principals: dict[str, Principal] = {}
 
     def _fail(self) -> ApiError:
         self.metrics.inc("ekodb_failed_auth_total")
@@ -148,13 +154,25 @@ class Authenticator:
             claims = self.tokens.verify(token)
         except TokenError:
             raise self._fail() from None
-        record = self.keys.get(claims.key_id)
-        if record is None or record.version != claims.version:
+        principal = self._current(claims.key_id, claims.version)
+        if principal is None:
             raise self._fail()
-        if not record.ip_allowed(ip):
+        if not principal.record.ip_allowed(ip):
             self.metrics.inc("ekodb_failed_auth_total")
             raise forbidden("client address not allowed for this key")
-        return Principal(
+        return principal
+
+    def _current(self, key_id: str, version: int) -> Principal | None:
+        """The Principal of the key at `version`, None unless that is its version now."""
+        if self.keys.version_of(key_id) != version:
+            return None  # deleted, rotated or changed since the token was issued
+        known = self._principals.get(key_id)
+        if known is not None and known.record.version == version:
+            return known
+        record = self.keys.get(key_id)
+        if record is None or record.version != version:
+            return None
+        principal = Principal(
             key_id=record.key_id,
             label=record.label,
             is_admin=record.is_admin,
@@ -163,3 +181,7 @@ class Authenticator:
             scope=record.scope(),
             record=record,
         )
+        if len(self._principals) >= PRINCIPAL_CACHE:
+            self._principals.clear()
+        self._principals[key_id] = principal
+        return principal

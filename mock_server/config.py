@@ -31,6 +31,10 @@ TIER_LIMITS: dict[str, int] = {
 }
 
 
+#: Event loops the server can run on (``ServerConfig.event_loop``).
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
 @dataclass
 class ServerConfig:
     """Everything a server instance needs; defaults are the safe ones."""
@@ -88,6 +92,9 @@ class ServerConfig:
     #: Concurrent HTTP connections per process; past it, requests get 503 and the
     #: connection is closed.
     max_connections: int = 1000
+    #: Event loop: "asyncio" (the standard library's), or "uvloop" (faster, the
+    #: ``server-fast`` extra; refused when it is not installed).
+    event_loop: str = "asyncio"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()
@@ -104,6 +111,8 @@ class ServerConfig:
         for name in ("header_timeout", "keep_alive_timeout", "tls_handshake_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError("event_loop must be one of " + ", ".join(EVENT_LOOPS))
         if self.max_connections < 1 or self.ws_max_sockets_per_key < 1:
             raise ValueError("max_connections and ws_max_sockets_per_key must be >= 1")
         for tier, limit in self.tier_limits.items():

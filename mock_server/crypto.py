@@ -103,7 +103,12 @@ class Aead:
 
 
 class KeyRing:
-    """Derives purpose keys from the master key with HKDF-SHA256, with a bounded LRU cache."""
+    """Derives purpose keys from the master key with HKDF-SHA256, with a bounded cache.
+
+    Hits read the cache without the lock (a dict read is atomic); only a miss takes it, to
+    insert and evict the oldest entry (first in, first out: a hot entry evicted is derived
+    again, which is all a miss costs).
+    """
 
     def __init__(self, master_key: bytes, cache_size: int = 1024) -> None:
         if len(master_key) != KEY_BYTES:
@@ -117,11 +122,9 @@ class KeyRing:
     def derive(self, purpose: str, service: str, scope: str = "") -> bytes:
         """A 32-byte key unique to (purpose, service, scope); cached (HKDF per call is slow)."""
         ident = (purpose, service, scope)
-        with self._lock:
-            cached = self._cache.get(ident)
-            if cached is not None:
-                self._cache.move_to_end(ident)
-                return cached
+        cached = self._cache.get(ident)  # lock-free hit: one dict read is atomic
+        if cached is not None:
+            return cached
         info = b"ekodb|" + "|".join(ident).encode()
         key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(
             self._master
@@ -135,11 +138,9 @@ class KeyRing:
     def aead(self, service: str, collection: str = "") -> Aead:
         """AEAD for one (service, collection): e.g. ("datastore", "users"), ("keys", "")."""
         ident = (service, collection)
-        with self._lock:
-            found = self._aeads.get(ident)
-            if found is not None:
-                self._aeads.move_to_end(ident)
-                return found
+        found = self._aeads.get(ident)  # lock-free hit (every record decrypt comes here)
+        if found is not None:
+            return found
         made = Aead(self.derive("enc", service, collection))
         with self._lock:
             self._aeads[ident] = made

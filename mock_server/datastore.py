@@ -104,6 +104,10 @@ _FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "cursor", "select_fields
                      "exclude_fields")
 
 
+class TooLargeInline(Exception):
+    """A read asked to stay cheap (on an event loop) met a large record or a transaction."""
+
+
 @dataclass(frozen=True)
 class FindPage:
     """A find answer: the records, whether more match, and the cursor to get them."""
@@ -323,6 +327,7 @@ class DataStore:
         self._clock = clock
         self._schemas = SchemaStore(keyring)
         self._indexes = BlindIndex(keyring)
+        self._cidxs: dict[str, bytes] = {}  # collection name -> its blind index
         #: Called inside the transaction just before a record row is deleted, with
         #: (connection, collection, cidx, record id, caller): the trash keeps a copy.
         self.removal_hooks: list[Callable[[sqlite3.Connection, str, bytes, str, Caller],
@@ -331,7 +336,13 @@ class DataStore:
     # ---------------------------------------------------------------- crypto & rows
 
     def _cidx(self, collection: str) -> bytes:
-        return self._keyring.blind_index(_SERVICE, "collection", collection)
+        known = self._cidxs.get(collection)  # an HMAC per request saved (names only)
+        if known is None:
+            known = self._keyring.blind_index(_SERVICE, "collection", collection)
+            if len(self._cidxs) >= 4096:
+                self._cidxs.clear()
+            self._cidxs[collection] = known
+        return known
 
     def _ridx(self, collection: str, record_id: str) -> bytes:
         return self._keyring.blind_index(_SERVICE + "-record", collection, record_id)
@@ -373,14 +384,18 @@ class DataStore:
                        f"(POST /api/collections/{collection})")
 
     def _load(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
-              record_id: object) -> dict[str, Any] | None:
+              record_id: object, inline_limit: int | None = None) -> dict[str, Any] | None:
         """One record by id through the blind index (never a scan); None if absent."""
         if not isinstance(record_id, str) or not 1 <= len(record_id) <= MAX_ID_LENGTH:
             return None
         if (overlay := OVERLAY.get()) is not None:
+            if inline_limit is not None:
+                raise TooLargeInline
             return overlay.load(conn, collection, cidx, record_id)
         row = conn.execute("SELECT data FROM ds_records WHERE cidx = ? AND ridx = ?",
                            (cidx, self._ridx(collection, record_id))).fetchone()
+        if row is not None and inline_limit is not None and len(row[0]) > inline_limit:
+            raise TooLargeInline
         return None if row is None else self._open(collection, record_id, row[0])
 
     def _scan(self, conn: sqlite3.Connection, collection: str,
@@ -515,7 +530,8 @@ class DataStore:
             self._changes.publish_in_transaction(tx.changes, conn)
             if tx.changes:
                 changes = tx.changes
-                self._storage.after_commit(lambda: self._changes.publish_committed(changes))
+                self._storage.after_commit(lambda: self._changes.publish_committed(changes),
+                                           quick=True)
 
     # ---------------------------------------------------------------- permission helpers
 
@@ -670,12 +686,25 @@ class DataStore:
 
     def get(self, caller: Caller, collection: object, record_id: object, *,
             select_fields: tuple[str, ...] | None = None,
-            exclude_fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+            exclude_fields: tuple[str, ...] | None = None,
+            inline_limit: int | None = None) -> dict[str, Any]:
+        """One record as the caller may see it.
+
+        ``inline_limit``: the caller runs on an event loop and wants only cheap work;
+        a stored record larger than that many bytes raises :class:`TooLargeInline`
+        (nothing else happened: ask again from a worker thread).
+        """
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         conn = self._storage.conn
-        record = self._load(conn, name, self._exists(conn, name), record_id)
+        cidx = self._cidx(name)
+        if OVERLAY.get() is not None:  # a transaction's view: check the collection first
+            self._exists(conn, name)
+        # A stored record implies its collection (a drop deletes both in one transaction):
+        # the existence check is needed only to word the 404.
+        record = self._load(conn, name, cidx, record_id, inline_limit)
         if record is None:
+            self._exists(conn, name)
             raise ApiError(404, "not_found", "record not found")
         return _narrow(caller.scope.project(name, record), select_fields, exclude_fields)
 

@@ -1,7 +1,10 @@
 """API key registry: scoped keys stored as keyed hashes, metadata encrypted at rest.
 
-Every lookup reads SQLite (no process cache), so several server processes on one data dir
-agree and revocation/rotation/narrowing take effect on the very next request.
+Every lookup reads SQLite, so several server processes on one data dir agree and
+revocation/rotation/narrowing take effect on the very next request. Every change of a key
+(update, rotate) bumps its ``version`` and deletion removes the row, so
+:meth:`KeyStore.version_of` (one primary-key read, no decryption) is enough to tell whether
+a record decoded earlier is still the key's current state.
 """
 
 from __future__ import annotations
@@ -327,6 +330,12 @@ class KeyStore:
         row = self._storage.conn.execute("SELECT secret_hash FROM api_keys WHERE key_id = ?",
                                          (key_id,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def version_of(self, key_id: str) -> int | None:
+        """The key's current version (None if it does not exist): a cheap freshness check."""
+        row = self._storage.conn.execute(
+            "SELECT version FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def get(self, key_id: str) -> KeyRecord | None:
         row = self._storage.conn.execute(f"{_SELECT} WHERE k.key_id = ?", (key_id,)).fetchone()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -62,6 +62,12 @@ def framing_conflict(scope: Scope) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
+def _new_request_id() -> str:
+    """A fresh ``req_`` + 24 hex id. Unique, not secret (it is echoed to the client and in
+    logs): the module PRNG (re-seeded in forked children) instead of a getrandom syscall."""
+    return f"req_{random.getrandbits(96):024x}"
+
+
 class ContextMiddleware:
     """Sets X-Request-Id on every response and counts requests by route template; starts
     each request from a clean storage context (see ``storage.start_fresh``)."""
@@ -76,7 +82,7 @@ class ContextMiddleware:
             return
         start_fresh()
         given = header(scope, b"x-request-id")
-        rid = given if given and _CLIENT_RID.match(given) else "req_" + secrets.token_hex(12)
+        rid = given if given and _CLIENT_RID.match(given) else _new_request_id()
         scope[REQUEST_ID_KEY] = rid
         status = 500
         counted = False
@@ -319,7 +325,7 @@ class IdempotencyMiddleware:
             await send_error(scope, send, 400, "bad_request",
                              "Idempotency-Key must be 1-255 visible ASCII characters")
             return
-        owner = await asyncio.to_thread(self.owner_of, scope)
+        owner = self.owner_of(scope)  # a token check, no I/O: no thread hop
         if owner is None:  # not authenticated: the route itself will refuse
             await self.app(scope, receive, send)
             return
@@ -470,7 +476,8 @@ class IdempotencyMiddleware:
     async def _discard(self, owner: str, key: str, unit: Unit) -> None:
         """Undo the attempt's writes, then free its key for a retry."""
         unit.rollback()  # on the loop, as in _finish: never waits
-        await asyncio.to_thread(unit.settle)
+        if unit.due:
+            await asyncio.to_thread(unit.settle)
         await asyncio.to_thread(self.store.abandon, owner, key)
 
 
@@ -521,7 +528,11 @@ async def _finish(unit: Unit, step: Callable[..., R], *args: Any) -> R:
     if unit.begun:
         result = step(*args, unit)
         # file unlinks and wake-ups the commit made due: off the loop, the lock is free
-        await asyncio.to_thread(unit.settle)
+        # (wake-ups alone run here: a hop to a thread costs more than they do)
+        if unit.due_quick:
+            unit.settle()
+        else:
+            await asyncio.to_thread(unit.settle)
         return result
     unit.active = False  # holds nothing: the step's own transaction must not start it
     return await asyncio.to_thread(step, *args, unit)

@@ -56,6 +56,18 @@ class _Effects:
         self.rolled_back += inner.rolled_back
 
 
+class _Quick:
+    """A callback that neither blocks nor does I/O (a wake-up): fine on an event loop."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def __call__(self) -> object:
+        return self.callback()
+
+
 def _run_all(callbacks: list[Callback], what: str) -> None:
     # the data is already committed (or gone): a failing callback must not change the answer
     for callback in callbacks:
@@ -169,6 +181,17 @@ class Unit:
         finally:
             self._release()
             self._due = self._effects.rolled_back
+
+    @property
+    def due(self) -> bool:
+        """Whether :meth:`settle` has callbacks to run (else a caller skips the thread hop)."""
+        return bool(self._due)
+
+    @property
+    def due_quick(self) -> bool:
+        """Whether every callback due is quick (``after_commit(..., quick=True)``): then
+        :meth:`settle` may run on an event loop, without a hop to a thread."""
+        return all(isinstance(callback, _Quick) for callback in self._due)
 
     def settle(self) -> None:
         """Run the callbacks the commit or rollback made due (file unlinks, wake-ups)."""
@@ -285,10 +308,14 @@ class Storage:
             unit.active = False  # a context copied meanwhile must not join it later
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... COMMIT; nested use joins the outer transaction.
 
         Inside a unit it is a savepoint of the unit's transaction instead.
+        ``durable=False`` (an outermost transaction only): COMMIT without the fsync
+        (``synchronous=NORMAL``), for writes that may be lost in a power cut without
+        harm; they still survive a killed process, and the next durable COMMIT on the
+        database syncs them with its own (the WAL is appended in order).
         """
         unit = self._unit()
         if unit is not None:
@@ -304,6 +331,8 @@ class Storage:
             finally:
                 self._local.depth = depth
             return
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         effects = _Effects()
         self._local.depth, self._local.effects = 1, effects
@@ -319,7 +348,19 @@ class Storage:
             raise
         finally:
             self._local.depth, self._local.effects = 0, None
+            if not durable:
+                self._restore_full(conn)
         _run_all(effects.committed, "a commit")
+
+    def _restore_full(self, conn: sqlite3.Connection) -> None:
+        """Back to ``synchronous=FULL``; a connection that cannot be is never used again
+        (every later COMMIT on it would skip the fsync)."""
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            self._local.conn = None
+            with suppress(sqlite3.Error):
+                conn.close()
 
     def _effects_now(self) -> _Effects:
         unit = self._unit()
@@ -330,10 +371,11 @@ class Storage:
             raise RuntimeError("after_commit/on_rollback outside a transaction")
         return effects
 
-    def after_commit(self, callback: Callback) -> None:
+    def after_commit(self, callback: Callback, *, quick: bool = False) -> None:
         """Run ``callback`` once the current transaction is durably committed (dropped if
-        it rolls back). For effects others may observe: wake-ups, unlinking replaced files."""
-        self._effects_now().committed.append(callback)
+        it rolls back). For effects others may observe: wake-ups, unlinking replaced files.
+        ``quick``: it never blocks nor does I/O (a wake-up), so it may run on the loop."""
+        self._effects_now().committed.append(_Quick(callback) if quick else callback)
 
     def on_rollback(self, callback: Callback) -> None:
         """Run ``callback`` if the current transaction rolls back (undo outside SQLite)."""

@@ -4,6 +4,10 @@ The header is checked by hand before pyjwt sees the token, so algorithm confusio
 (`alg: none` in any casing, HS512, RS256) and key-selection headers (kid, jku, jwk, x5u)
 are refused outright. Every failure raises the same error with the same message, so a
 client learns nothing about why a token was refused.
+
+Verified claims are cached per exact token string (bounded): a token's signature and claims
+never change, only the clock moves, so a hit re-checks expiry alone. Whether the key behind
+it still exists (revocation, rotation) is the key store's question, asked on every request.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ FORBIDDEN_HEADERS = frozenset({"kid", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S2
 ALLOWED_HEADERS = frozenset({"alg", "typ"})
 MAX_TOKEN_LEN = 4096
 CLOCK_SKEW = 30
+#: Verified tokens remembered (a dict of token -> claims; cleared whole when full).
+VERIFIED_CACHE = 4096
 
 
 class TokenError(Exception):
@@ -52,6 +58,7 @@ class TokenService:
         self.ttl = ttl
         self.max_lifetime = max_lifetime
         self.issuer = issuer
+        self._verified: dict[str, Claims] = {}
 
     def issue(self, key_id: str, version: int, *, now: float | None = None) -> tuple[str, int]:
         """A token and its expiry (unix seconds)."""
@@ -87,6 +94,19 @@ class TokenService:
         """Claims of a valid token, else TokenError (always the same, on purpose)."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LEN:
             raise TokenError
+        known = self._verified.get(token)
+        if known is not None:
+            if known.exp <= time.time():  # as pyjwt with leeway 0: expired at exp
+                self._verified.pop(token, None)
+                raise TokenError
+            return known
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.clear()  # cheap bound; a miss only costs one full verification
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         self._check_header(token)
         try:
             payload: dict[str, Any] = jwt.decode(

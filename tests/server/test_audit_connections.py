@@ -12,10 +12,12 @@ import socket
 import ssl
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
 
+from mock_server.config import ServerConfig
 from mock_server.pytest_plugin import ServerInfo
 from tests.server.conftest import assert_error, tls_context
 
@@ -51,10 +53,14 @@ def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
     return data, time.monotonic() - started
 
 
-@pytest.fixture
-def strict(ekodb_server_factory: object) -> ServerInfo:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def strict(ekodb_server_factory: object, request: pytest.FixtureRequest) -> ServerInfo:
+    """Bounds on every event loop the server offers (uvloop: the server-fast extra)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
     info: ServerInfo = ekodb_server_factory(  # type: ignore[operator]
-        header_timeout=SHORT, keep_alive_timeout=SHORT / 2, tls_handshake_timeout=SHORT)
+        header_timeout=SHORT, keep_alive_timeout=SHORT / 2, tls_handshake_timeout=SHORT,
+        event_loop=request.param)
     return info
 
 
@@ -143,3 +149,25 @@ def test_connections_past_the_cap_get_503_and_are_closed(ekodb_server_factory: o
             assert time.monotonic() < deadline, "slot never freed"
             time.sleep(0.05)
 
+
+
+def test_authenticated_idempotent_writes_work_on_every_event_loop(strict: ServerInfo) -> None:
+    with httpx.Client(base_url=strict.url, verify=tls_context(strict)) as http:
+        tok = http.post("/api/auth/token", json={"api_key": strict.admin_key}).json()["token"]
+        h = {"Authorization": f"Bearer {tok}", "Idempotency-Key": "loop-1"}
+        assert http.post("/api/collections/loops", headers=h).status_code == 200
+        first = http.post("/api/insert/loops", json={"n": 1},
+                          headers={**h, "Idempotency-Key": "loop-2"})
+        again = http.post("/api/insert/loops", json={"n": 1},
+                          headers={**h, "Idempotency-Key": "loop-2"})
+        assert first.status_code == again.status_code == 200
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"]
+        found = http.post("/api/find/loops", json={}, headers={"Authorization": h[
+            "Authorization"]})
+        assert [r["id"] for r in found.json()] == [first.json()["id"]]
+
+
+def test_an_unknown_event_loop_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="event_loop must be one of asyncio, uvloop"):
+        ServerConfig(data_dir=tmp_path, event_loop="tokio")

@@ -654,3 +654,19 @@ def test_domain_refuses_without_http(domain: tuple[DataStore, ChangeFeed, Storag
         ds.insert(ADMIN, "c", {"x": float("nan")})
     assert info.value.status == 400
     assert ds.find(ADMIN, "c", {}) == []
+
+
+def test_get_answers_small_and_large_records_alike(api: Api, admin_h: H, coll: str) -> None:
+    """Small records are read on the event loop, large ones in the threadpool: the same
+    answer, projection and 404s either way."""
+    s = Store(api, admin_h, coll)
+    for size in (10, 200_000):  # the second is over the inline limit
+        made = s.insert({"blob": "x" * size, "n": size})
+        assert made.status_code == 200, made.text
+        rid = made.json()["id"]
+        got = s.get(rid)
+        assert got.status_code == 200 and got.json()["blob"] == "x" * size
+        assert s.get(rid, select_fields="n").json() == {"id": rid, "n": size}
+    assert_error(s.get("no_such_record"), 404, "not_found")
+    assert_error(Store(api, admin_h, "never_created_coll").get("x"), 404,
+                 "collection_not_found")

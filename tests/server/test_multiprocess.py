@@ -113,3 +113,32 @@ def test_a_node_killed_after_its_write_commits_answers_the_retry_from_the_stored
     assert before == 1  # committed before the node died
     assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
     assert after == 1  # not applied a second time
+
+
+def test_a_key_narrowed_in_one_process_is_narrowed_in_the_other_at_once(tmp_path: Path) -> None:
+    """Each process caches decoded keys; a change made through another process still bites
+    on the very next request (the key's version is checked in SQLite every time)."""
+    with ServerProcess(tmp_path) as a, ServerProcess(tmp_path) as b, \
+            client(a) as ca, client(b) as cb:
+        admin = ca.post("/api/auth/token", json={"api_key": a.admin_key}).json()["token"]
+        ha = {"Authorization": f"Bearer {admin}"}
+        for name in ("mp_open", "mp_closed"):
+            assert ca.post(f"/api/collections/{name}", headers=ha).status_code == 200
+        made = ca.post("/api/auth/register", json={
+            "label": "narrowed", "collection_permissions": {
+                "mp_open": ["read"], "mp_closed": ["read"]}}, headers=ha).json()
+
+        def headers() -> dict[str, str]:
+            tok = cb.post("/api/auth/token", json={"api_key": made["api_key"]}).json()
+            return {"Authorization": f"Bearer {tok['token']}"}
+
+        old = headers()
+        for _ in range(3):  # A has decoded (and cached) the key by now
+            assert ca.post("/api/find/mp_closed", json={}, headers=old).status_code == 200
+        assert cb.put(f"/api/auth/keys/{made['key_id']}", json={
+            "collection_permissions": {"mp_open": ["read"]}}, headers=ha).status_code == 200
+        # the token of the old version is refused, a new one carries the narrowed scope
+        assert ca.post("/api/find/mp_closed", json={}, headers=old).status_code == 401
+        new = headers()
+        assert ca.post("/api/find/mp_closed", json={}, headers=new).status_code == 403
+        assert ca.post("/api/find/mp_open", json={}, headers=new).status_code == 200

@@ -153,3 +153,33 @@ def test_a_unit_that_wrote_nothing_takes_no_lock(storage: Storage, tmp_path: Pat
     add(storage, "free")  # not blocked by the unit
     assert unit.commit(lambda conn: False)  # nothing to commit: the last step is not run
     assert committed(tmp_path) == ["free"]
+
+
+def test_a_commit_without_fsync_commits_and_leaves_the_connection_fully_durable(
+        storage: Storage, tmp_path: Path) -> None:
+    """The idempotency claim skips its fsync; every later COMMIT must not."""
+    with storage.transaction(durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        conn.execute("INSERT INTO t_items(name) VALUES ('claim')")
+    assert committed(tmp_path) == ["claim"]
+    assert storage.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    with pytest.raises(RuntimeError), storage.transaction(durable=False) as conn:
+        conn.execute("INSERT INTO t_items(name) VALUES ('undone')")
+        raise RuntimeError
+    assert committed(tmp_path) == ["claim"]
+    assert storage.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("kinds", [(True,), (True, False)])
+def test_a_unit_says_whether_its_due_callbacks_may_run_on_an_event_loop(
+        storage: Storage, kinds: tuple[bool, ...]) -> None:
+    """Wake-ups (quick) may run on the loop; anything else (file unlinks) needs a thread."""
+    seen: list[bool] = []
+    with storage.unit() as unit, storage.transaction():
+        add(storage, f"q{len(kinds)}")
+        for quick in kinds:
+            storage.after_commit(lambda q=quick: seen.append(q), quick=quick)
+    unit.commit()
+    assert unit.due and unit.due_quick == all(kinds)
+    unit.settle()
+    assert seen == list(kinds) and not unit.due

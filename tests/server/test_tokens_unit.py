@@ -52,3 +52,14 @@ def test_roundtrip() -> None:
 def test_refused(token: str) -> None:
     with pytest.raises(TokenError):
         svc().verify(token)
+
+
+def test_a_token_verified_before_is_refused_once_it_expires(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified tokens are remembered; expiry still bites on the next check."""
+    service = svc()
+    token, exp = service.issue("key_1", 1)
+    assert service.verify(token).exp == exp  # verified, and now remembered
+    monkeypatch.setattr(time, "time", lambda: float(exp))
+    with pytest.raises(TokenError):
+        service.verify(token)
