@@ -26,12 +26,12 @@ def client_options(
 def outside_transactions(
     bypass_ripple: Annotated[str | None, Query(max_length=8)] = None,
     bypass_cache: Annotated[str | None, Query(max_length=8)] = None,
-    transaction_id: Annotated[str | None, Query(min_length=1,
-                                                max_length=MAX_TRANSACTION_ID)] = None,
+    transaction_id: Annotated[str | None, Query(min_length=1, max_length=MAX_TRANSACTION_ID,
+                                                include_in_schema=False)] = None,
 ) -> None:
     """The same options on routes that cannot join a transaction: a ``transaction_id`` there
     is refused (400) rather than ignored, so a caller never believes a write was staged when
-    it was applied at once."""
+    it was applied at once (and /openapi.json does not offer it)."""
     client_options(bypass_ripple, bypass_cache, None)
     if transaction_id is not None:
         raise bad_request("this operation cannot join a transaction; call it outside the "
