@@ -14,11 +14,18 @@ else it sends (a 201, a 206, a 416) with FastAPI's ``responses=`` as usual; its 
 entries win over these.
 
 Requests are described as the handlers check them, so every request valid per the schema
-is accepted: a path or query parameter named in :data:`PATH_PARAMETERS` /
-:data:`QUERY_PARAMETERS` (``collection``, ``key``, ``record_id``, ``transaction_id``, the
-``bypass_*`` flags...) gets that one shared schema on every route, built from the
-validators' own patterns and bounds; a route that declares its own (``Path(pattern=...)``)
-keeps it. Bodies are described per route (``openapi_extra``, :func:`body`).
+is accepted (and every invalid one refused): a path or query parameter named in
+:data:`PATH_PARAMETERS` / :data:`QUERY_PARAMETERS` (``collection``, ``key``, ``record_id``,
+``transaction_id``, the ``bypass_*`` flags...) gets that one shared schema on every route,
+from the validators' own patterns and bounds; a route that declares its own
+(``Path(pattern=...)``) keeps it. Keyed by name, not declared per signature, so a route
+added later is described without doing anything, and the fuzz suite (both ways) fails
+should a name ever mean something else. Bodies are described per route (``openapi_extra``)
+with the shared pieces here: the ``Filter``/``Sort``/``Record``/``Permissions`` grammars
+(:data:`COMPONENTS`, named from pydantic models with :func:`component`) and annotated field
+types (``FieldPathText``, ``TtlDoc``...) that validate as before and document the rest.
+Rules JSON Schema cannot state (two different queues, as many values as keys) are said in
+the operation's description.
 """
 
 from __future__ import annotations

@@ -14,11 +14,12 @@ from mock_server.errors import bad_request
 def client_options(
     bypass_ripple: Annotated[str | None, Query(max_length=8)] = None,
     bypass_cache: Annotated[str | None, Query(max_length=8)] = None,
-    transaction_id: Annotated[str | None, Query(min_length=1,
-                                                max_length=MAX_TRANSACTION_ID)] = None,
+    transaction_id: Annotated[str | None, Query(min_length=1, max_length=MAX_TRANSACTION_ID,
+                                                include_in_schema=False)] = None,
 ) -> None:
     """400 for a malformed option; accepted ones are no-ops here (ekoDB semantics in the
-    README), ``transaction_id`` is read by the routes that join transactions."""
+    README), ``transaction_id`` is read by the routes that join transactions (and offered
+    by /openapi.json there only; elsewhere it is ignored)."""
     parse_flag("bypass_ripple", bypass_ripple)
     parse_flag("bypass_cache", bypass_cache)
 

@@ -63,6 +63,8 @@ router = APIRouter(tags=["datastore"], dependencies=[Depends(client_options)])
 
 T = TypeVar("T")
 Fields = Annotated[str | None, Query(max_length=8192)]
+#: The transaction an operation joins (routes without this parameter accept and ignore
+#: one, undocumented: see routes.compat.client_options).
 TxId = Annotated[str | None, Query(max_length=128)]
 _RECORD_DOC = RECORD_BODY
 

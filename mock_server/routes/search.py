@@ -48,7 +48,7 @@ AUTH_RECHECK = 1.0
 
 
 _Paths = Annotated[list[FieldPathText], Field(max_length=256)] | FieldPathsText | None
-_WEIGHT = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)* *: *(1000|[0-9]{1,3}(\.[0-9]{1,6})?)"
+_WEIGHT = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+){0,15}: *(1000|[0-9]{1,3}(\.[0-9]{1,6})?)"
 #: ``{field: weight}`` or ``"field:weight,..."``, weights in [0, 1000]
 _Weights = Annotated[dict[str, float] | str | None, WithJsonSchema({"anyOf": [
     {"type": "object", "propertyNames": FIELD_PATH, "maxProperties": 256,
