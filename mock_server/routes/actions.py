@@ -23,13 +23,13 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.openapi import RECORD_BODY, FieldPathText, FilterDoc
 from mock_server.routes.compat import outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
 
 router = APIRouter(tags=["datastore"], dependencies=[Depends(outside_transactions)])
 
-_RECORD_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
+_RECORD_DOC = RECORD_BODY
 _SEQUENCE_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "array", "maxItems": 100, "items": {
         "type": "array", "minItems": 2, "maxItems": 3}}}}}}
@@ -37,13 +37,13 @@ _SEQUENCE_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 class _ActionDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    field: str
+    field: FieldPathText
     value: Any = None
 
 
 class _FilterDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    filter: dict[str, Any] | None = None
+    filter: FilterDoc = None
 
 
 async def _body(request: Request, *, optional: bool = False) -> Any:

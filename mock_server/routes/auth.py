@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.asgi import Scope as AsgiScope
@@ -14,7 +14,14 @@ from mock_server.delegation import Child, check_mint
 from mock_server.errors import ApiError, forbidden, unauthorized
 from mock_server.http_json import openapi_body
 from mock_server.keys import IPAddress, KeyValidationError
-from mock_server.openapi import errors
+from mock_server.openapi import (
+    AllowedIps,
+    LabelText,
+    PermissionsDoc,
+    RateLimitInt,
+    TierText,
+    errors,
+)
 from mock_server.permissions import PermissionSpecError, Scope
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.routes.views import key_info, new_key
@@ -29,16 +36,19 @@ class TokenRequest(BaseModel):
 
 
 class RegisterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    label: str = Field(min_length=1, max_length=200)
+    # a key is not both admin and read-only (permissions.Scope)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {
+        "required": ["is_admin", "read_only"],
+        "properties": {"is_admin": {"const": True}, "read_only": {"const": True}}}})
+    label: LabelText = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
     is_admin: StrictBool = False
     read_only: StrictBool = False
-    collection_permissions: dict[str, Any] | None = None
-    allowed_ips: list[str] | None = Field(default=None, max_length=256)
-    tier: str | None = None
+    collection_permissions: PermissionsDoc = None
+    allowed_ips: AllowedIps = Field(default=None, max_length=256)
+    tier: TierText = None
     #: Requests per rate-limit window for this key (overrides the tier's limit).
-    rate_limit: StrictInt | None = None
+    rate_limit: RateLimitInt = None
 
 
 def _exchange(state: AppState, api_key: str, ip: IPAddress | None,

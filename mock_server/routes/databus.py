@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
+from mock_server.databus import MAX_TTL
 from mock_server.http_json import openapi_body
 from mock_server.longpoll import MAX_WAIT, long_poll
+from mock_server.openapi import FilterDoc
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 
 router = APIRouter()
@@ -17,18 +19,29 @@ router = APIRouter()
 Name = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
+#: A collection name or '*' pattern (databus._collections)
+_Pattern = Annotated[str, WithJsonSchema(
+    {"type": "string", "pattern": r"^[A-Za-z0-9_.*\-]+$", "minLength": 1, "maxLength": 128})]
+#: Seconds, 1 s to 30 days (databus.MAX_TTL)
+_Ttl = Annotated[float, WithJsonSchema({"type": "number", "minimum": 1, "maximum": MAX_TTL})]
+
+
 class SubscribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    collections: list[str] = Field(min_length=1, max_length=64)
-    filter: dict[str, Any] | None = None
-    ttl: float = 86400
-    event_ttl: float = 86400
+    collections: list[_Pattern] = Field(min_length=1, max_length=64)
+    filter: FilterDoc = None
+    ttl: _Ttl = 86400
+    event_ttl: _Ttl = 86400
 
 
 class KeysRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    keys: list[str] = Field(max_length=1000)
-    claim_ttl: float | None = None
+    # the bus checks both (databus._keys, _number): documented, not checked twice
+    keys: list[Annotated[str, WithJsonSchema({"type": "string", "minLength": 1,
+                                              "maxLength": 128})]] = Field(max_length=1000)
+    claim_ttl: Annotated[float | None, WithJsonSchema({
+        "anyOf": [{"type": "number", "minimum": 0.001, "maximum": 86400}, {"type": "null"}]})
+    ] = None
 
 
 @router.put("/api/bus/subscriptions/{name}", openapi_extra=openapi_body(SubscribeRequest))
@@ -67,7 +80,7 @@ def get_subscription(name: Name, principal: CurrentPrincipal, state: State) -> d
 
 @router.post("/api/bus/subscriptions/{name}/poll", response_model=None)
 async def poll(name: Name, principal: CurrentPrincipal, state: State,
-               claim_ttl: Annotated[float, Query(gt=0, le=86400)] = 30,
+               claim_ttl: Annotated[float, Query(ge=0.001, le=86400)] = 30,
                limit: Annotated[int, Query(ge=1, le=1000)] = 10,
                wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0) -> dict[str, Any]:
     """``wait`` (≤ 20 s) holds an empty poll until an event arrives or the wait ends."""

@@ -39,13 +39,29 @@ from functools import partial
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
-from mock_server.datastore import MAX_BATCH, FindPage, TooLargeInline, split_fields
+from mock_server.datastore import (
+    MAX_BATCH,
+    MAX_FIELD_LIST,
+    FindPage,
+    TooLargeInline,
+    split_fields,
+)
 from mock_server.errors import bad_request
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.openapi import (
+    RECORD_BODY,
+    FieldPathText,
+    FilterDoc,
+    SortDoc,
+    TransactionIdText,
+    body_of,
+    component,
+)
+from mock_server.query import MAX_SKIP
 from mock_server.routes.compat import client_options, outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
 from mock_server.state import AppState
@@ -54,31 +70,36 @@ router = APIRouter(tags=["datastore"], dependencies=[Depends(client_options)])
 
 T = TypeVar("T")
 Fields = Annotated[str | None, Query(max_length=8192)]
+#: The transaction an operation joins (routes without this parameter accept and ignore
+#: one, undocumented: see routes.compat.client_options).
 TxId = Annotated[str | None, Query(max_length=128)]
-_RECORD_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
+_RECORD_DOC = RECORD_BODY
 
 
 # Documentation-only models: bodies are parsed by the domain, which reports errors precisely.
 class _FindDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    filter: dict[str, Any] | None = None
-    sort: list[dict[str, Any]] | None = None
+    filter: FilterDoc = None
+    sort: SortDoc = None
     limit: int | None = Field(default=None, ge=1, le=1000)
-    skip: int | None = Field(default=None, ge=0)
-    cursor: str | None = Field(default=None, max_length=4096)
-    select_fields: list[str] | None = None
-    exclude_fields: list[str] | None = None
+    skip: int | None = Field(default=None, ge=0, le=MAX_SKIP)
+    cursor: str | None = Field(default=None, max_length=4096, description=(
+        "a next_cursor this server returned for the same sort (not with skip)"))
+    select_fields: list[FieldPathText] | None = Field(default=None, max_length=MAX_FIELD_LIST)
+    exclude_fields: list[FieldPathText] | None = Field(default=None, max_length=MAX_FIELD_LIST)
     # sent by the official ekoDB client (mock_server.compat)
     bypass_cache: bool | None = None
     bypass_ripple: bool | None = None
-    transaction_id: str | None = Field(default=None, min_length=1, max_length=128)
+    transaction_id: TransactionIdText = None
     join: None = None
 
 
 class _InsertItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data: dict[str, Any]
+    # any object: an item whose data is not a valid record (or whose id is not found) is
+    # reported in the answer's "failed", the rest are applied
+    data: dict[str, Any] = Field(description="a record; an invalid one is reported in "
+                                             "the answer's failed items")
     bypass_ripple: bool | None = None
 
 
@@ -96,7 +117,7 @@ class _BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # sent by ekoDB's examples at the top of a batch body (mock_server.compat)
     bypass_ripple: bool | None = None
-    transaction_id: str | None = Field(default=None, min_length=1, max_length=128)
+    transaction_id: TransactionIdText = None
 
 
 class _BatchInsertDoc(_BatchOptions):
@@ -107,9 +128,16 @@ class _BatchUpdateDoc(_BatchOptions):
     updates: list[_UpdateItem] = Field(max_length=MAX_BATCH)
 
 
-class _BatchDeleteDoc(_BatchOptions):
-    deletes: list[_DeleteItem] | None = Field(default=None, max_length=MAX_BATCH)
-    filter: dict[str, Any] | None = None
+class _BatchDeleteByIds(_BatchOptions):
+    deletes: list[_DeleteItem] = Field(max_length=MAX_BATCH)
+
+
+class _BatchDeleteByFilter(_BatchOptions):
+    filter: Annotated[dict[str, Any], WithJsonSchema(component("Filter"))]
+
+
+class _BatchDeleteDoc(RootModel[_BatchDeleteByIds | _BatchDeleteByFilter]):
+    """By ids or by filter, one of the two."""
 
 
 async def _body(request: Request) -> Any:
@@ -163,10 +191,12 @@ def drop_collection(collection: str, principal: CurrentPrincipal,
     return {"dropped": state.datastore.drop_collection(principal, collection)}
 
 
-@router.post("/api/insert/{collection}", openapi_extra=_RECORD_DOC)
+@router.post("/api/insert/{collection}", openapi_extra=body_of(component("NewRecord")))
 async def insert(collection: str, request: Request, principal: CurrentPrincipal,
                  state: State, transaction_id: TxId = None,
-                 ttl: Annotated[str | None, Query(max_length=32)] = None) -> dict[str, Any]:
+                 ttl: Annotated[str | None, Query(max_length=32, description=(
+                     "the record's expiry; not with transaction_id nor a body ttl"))] = None,
+                 ) -> dict[str, Any]:
     body = await _body(request)
     txid = _tx_of(transaction_id)
     if txid is None:

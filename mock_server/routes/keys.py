@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
@@ -19,6 +19,7 @@ from mock_server.delegation import child_of, exceeds, is_delegated_admin
 from mock_server.errors import ApiError, forbidden, not_found
 from mock_server.http_json import openapi_body
 from mock_server.keys import KeyRecord, KeyValidationError
+from mock_server.openapi import LABEL, AllowedIps, PermissionsDoc, RateLimitInt, TierText
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.routes.views import key_info, new_key
 from mock_server.state import AppState
@@ -30,14 +31,16 @@ KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\
 
 class UpdateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label: str | None = Field(default=None, min_length=1, max_length=200)
+    #: label and read_only: absent or a value, never null
+    label: Annotated[str | None, WithJsonSchema(LABEL)] = Field(default=None, min_length=1,
+                                                              max_length=200)
     description: str | None = Field(default=None, max_length=2000)
-    read_only: StrictBool | None = None
-    collection_permissions: dict[str, Any] | None = None
-    allowed_ips: list[str] | None = Field(default=None, max_length=256)
-    tier: str | None = None
+    read_only: Annotated[StrictBool | None, WithJsonSchema({"type": "boolean"})] = None
+    collection_permissions: PermissionsDoc = None
+    allowed_ips: AllowedIps = Field(default=None, max_length=256)
+    tier: TierText = None
     #: null clears the override (back to the tier's limit).
-    rate_limit: StrictInt | None = None
+    rate_limit: RateLimitInt = None
 
 
 def _managed(state: AppState, principal: Principal, key_id: str | None = None

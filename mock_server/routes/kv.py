@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
-from mock_server.kv import MAX_KV_BATCH
+from mock_server.kv import MAX_KV_BATCH, MAX_PATTERN_LENGTH
+from mock_server.openapi import KvKeyText, TtlDoc
 from mock_server.routes.compat import outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
 
@@ -34,22 +35,24 @@ router = APIRouter(tags=["kv"], dependencies=[Depends(outside_transactions)])
 class _SetDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: Any
-    ttl: float | str | None = None
+    ttl: TtlDoc = None
 
 
 class _KeysDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    keys: list[str] = Field(max_length=MAX_KV_BATCH)
+    keys: list[KvKeyText] = Field(max_length=MAX_KV_BATCH)
 
 
 class _BatchSetDoc(_KeysDoc):
+    """``values[i]`` is stored under ``keys[i]``: the arrays are as long as each other."""
+
     values: list[Any] = Field(max_length=MAX_KV_BATCH)
-    ttl: float | str | None = None
+    ttl: TtlDoc = None
 
 
 class _FindDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pattern: str | None = None
+    pattern: str | None = Field(default=None, min_length=1, max_length=MAX_PATTERN_LENGTH)
     include_expired: bool | None = None
 
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
 from mock_server.longpoll import MAX_WAIT, long_poll
-from mock_server.queues import MAX_CLAIM_TTL, MAX_IDS, MAX_POLL, Kind, Queues
+from mock_server.queues import MAX_BATCH, MAX_CLAIM_TTL, MAX_IDS, MAX_POLL, Kind, Queues
 from mock_server.routes.deps import CurrentPrincipal, State, json_body
 from mock_server.state import AppState
 
@@ -41,9 +41,17 @@ Limit = Annotated[int, Query(ge=1, le=MAX_POLL)]
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT)]
 
 
+#: A message id as the server mints it (queues._ID; documented, checked by the queue: one
+#: it did not mint for this queue is refused as unknown_id).
+_TOKEN = r"[A-Za-z0-9_\-]"
+MessageId = Annotated[str, WithJsonSchema({
+    "type": "string", "pattern": rf"^{_TOKEN}{{16}}\.({_TOKEN}{{12}})?\.{_TOKEN}{{16}}$",
+    "description": "an id this queue returned"})]
+
+
 class IdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[str] = Field(max_length=MAX_IDS)
+    ids: list[MessageId] = Field(max_length=MAX_IDS)
 
 
 class RenewRequest(IdsRequest):
@@ -69,20 +77,22 @@ def _audit(state: AppState, principal: Principal, operation: str, resource: str,
 def build_router(kind: Kind) -> APIRouter:
     """The routes of one kind, under ``/api/<kind>``."""
     router = APIRouter(prefix=f"/api/{kind}", tags=[kind])
-    body_doc = {"requestBody": {"required": True,
-                                "content": {"application/json": {"schema": {}}}}}
+    def body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"requestBody": {"required": True,
+                                "content": {"application/json": {"schema": schema}}}}
 
     @router.post("/_move", response_model=None)
     def move(principal: CurrentPrincipal, state: State,
              source: Annotated[str, Query(alias="from", min_length=1, max_length=128)],
              dest: Annotated[str, Query(alias="to", min_length=1, max_length=128)],
              ) -> dict[str, Any]:
+        """Move every message of queue ``from`` to queue ``to`` (two different queues)."""
         moved = _queues(state).move(principal.scope, kind, source, dest)
         _audit(state, principal, f"{kind}.moved", f"{kind}:{source}", to=dest, moved=moved)
         state.poll_wakeups.wake(f"{kind}:{dest}")
         return {"moved": moved}
 
-    @router.post("/{name}/send", openapi_extra=body_doc)
+    @router.post("/{name}/send", openapi_extra=body_doc({}))
     async def send(name: Name, request: Request, principal: CurrentPrincipal,
                    state: State) -> dict[str, Any]:
         message = await _raw_json(request)
@@ -91,7 +101,8 @@ def build_router(kind: Kind) -> APIRouter:
         state.poll_wakeups.wake(f"{kind}:{name}")
         return {"id": msg_id}
 
-    @router.post("/{name}/sendbatch", openapi_extra=body_doc)
+    @router.post("/{name}/sendbatch",
+                 openapi_extra=body_doc({"type": "array", "maxItems": MAX_BATCH}))
     async def send_batch(name: Name, request: Request, principal: CurrentPrincipal,
                          state: State) -> dict[str, Any]:
         messages = await _raw_json(request)

@@ -22,19 +22,28 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.errors import ApiError
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
+from mock_server.openapi import FIELD_PATH, FieldPathsText, FieldPathText, FilterDoc
 from mock_server.permissions import Level, PermissionDenied
 from mock_server.realtime import Feed, notifications
 from mock_server.routes.compat import outside_transactions
 from mock_server.routes.deps import CurrentPrincipal, State
+from mock_server.search import (
+    LANGUAGES,
+    MAX_EDIT,
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    MAX_VECTOR_DIM,
+    METRICS,
+)
 
 # search and feeds see committed data only: a ``?transaction_id=`` is refused (400), so a
 # caller never mistakes a search that misses its staged writes for one inside the transaction
@@ -44,31 +53,52 @@ HEARTBEAT = 5.0
 AUTH_RECHECK = 1.0
 
 
-class _SearchDoc(BaseModel):
-    """Documentation only: the domain parses the body and names every problem."""
+_Paths = Annotated[list[FieldPathText], Field(max_length=256)] | FieldPathsText | None
+_WEIGHT = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+){0,15}: *(1000|[0-9]{1,3}(\.[0-9]{1,6})?)"
+#: ``{field: weight}`` or ``"field:weight,..."``, weights in [0, 1000]
+_Weights = Annotated[dict[str, float] | str | None, WithJsonSchema({"anyOf": [
+    {"type": "object", "propertyNames": FIELD_PATH, "maxProperties": 256,
+     "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1000}},
+    {"type": "string", "maxLength": 8192, "pattern": rf"^ *({_WEIGHT} *(, *{_WEIGHT} *)*)?$"},
+    {"type": "null"}]})]
+_Score = Annotated[float, Field(ge=-1e12, le=1e12)] | None
 
-    model_config = ConfigDict(extra="forbid")
-    query: str | None = None
-    fields: list[str] | str | None = None
-    weights: dict[str, float] | str | None = None
-    language: str | None = None
+
+class _SearchDoc(BaseModel):
+    """Documentation only: the domain parses the body and names every problem (search.
+    parse_request). A query with a word (letters or digits), a vector, or both."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["query"], "properties": {"query": {
+                      "type": "string", "pattern": "[A-Za-z0-9]"}}},
+                  {"required": ["vector"], "properties": {"vector": {"type": "array"}}}],
+        "not": {"anyOf": [
+            {"required": ["filter", "filters"]},
+            {"required": ["text_weight", "vector_weight"], "properties": {
+                "text_weight": {"const": 0}, "vector_weight": {"const": 0}}}]}})
+    #: at most MAX_QUERY_TERMS distinct words
+    query: str | None = Field(default=None, max_length=MAX_QUERY_CHARS)
+    fields: _Paths = None
+    weights: _Weights = None
+    language: Literal[LANGUAGES] | None = None  # type: ignore[valid-type]
     case_sensitive: bool | None = None
     fuzzy: bool | None = None
-    max_edit_distance: int | None = None
+    max_edit_distance: int | None = Field(default=None, ge=0, le=MAX_EDIT)
     enable_stemming: bool | None = None
     boost_exact: bool | None = None
-    min_score: float | None = None
-    limit: int | None = None
-    vector: list[float] | None = None
-    vector_field: str | None = None
-    vector_metric: str | None = None
-    vector_k: int | None = None
-    vector_threshold: float | None = None
-    text_weight: float | None = None
-    vector_weight: float | None = None
-    select_fields: list[str] | None = None
-    exclude_fields: list[str] | None = None
-    filters: dict[str, Any] | None = None
+    min_score: _Score = None
+    limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_VECTOR_DIM)
+    vector_field: FieldPathText | None = None
+    vector_metric: Literal[tuple(METRICS)] | None = None  # type: ignore[valid-type]
+    vector_k: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    vector_threshold: _Score = None
+    text_weight: float | None = Field(default=None, ge=0, le=1)
+    vector_weight: float | None = Field(default=None, ge=0, le=1)
+    select_fields: _Paths = None
+    exclude_fields: _Paths = None
+    filters: FilterDoc = None
+    filter: FilterDoc = None
     bypass_cache: bool | None = None
     bypass_ripple: bool | None = None
 

@@ -20,32 +20,62 @@ are ours. Commit and rollback take no body (ekoDB's client sends none).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mock_server.http_json import openapi_body
+from mock_server.openapi import SavepointText
 from mock_server.routes.compat import outside_transactions
 from mock_server.routes.datastore import _body, _run
 from mock_server.routes.deps import CurrentPrincipal, State
+from mock_server.schemas import MAX_ENUMS, MAX_FIELDS, MAX_REGEX, TYPES
 
 router = APIRouter(tags=["transactions"])
 
 
 class _BeginDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    isolation_level: str | None = None
+    # any case, '_' and ' ' ignored (transactions._canon_isolation); documented canonically
+    isolation_level: Literal["ReadUncommitted", "ReadCommitted", "RepeatableRead",
+                             "Serializable"] | None = None
 
 
 class _SavepointDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: SavepointText
+
+
+class _FieldConstraints(BaseModel):
+    """schemas._field: null removes an attribute; a new field needs its field_type. A regex
+    must compile (Python syntax) and a default must meet the field's own constraints."""
+
+    model_config = ConfigDict(extra="forbid")
+    field_type: Literal[tuple(TYPES)] | None = None  # type: ignore[valid-type]
+    required: bool | None = None
+    unique: bool | None = None
+    enums: list[Any] | None = Field(default=None, max_length=MAX_ENUMS)
+    min: float | str | None = None
+    max: float | str | None = None
+    regex: str | None = Field(default=None, max_length=MAX_REGEX)
+    default: Any = None
+    index: dict[str, Any] | None = None
 
 
 class _ConstraintsDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    constraints: dict[str, dict[str, Any]]
+    constraints: dict[str, _FieldConstraints] = Field(min_length=1, max_length=MAX_FIELDS)
+
+
+def _constraints_doc() -> dict[str, Any]:
+    """Field names as schemas._check_name takes them (pydantic cannot say "not 'id'")."""
+    doc = openapi_body(_ConstraintsDoc)
+    constraints = doc["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "constraints"]
+    constraints["propertyNames"] = {"pattern": r"^[A-Za-z0-9_\-]{1,128}$",
+                                    "not": {"const": "id"}}
+    return doc
 
 
 @router.post("/api/transactions", openapi_extra={**openapi_body(_BeginDoc), "requestBody": {
@@ -106,7 +136,7 @@ def get_schema(collection: str, principal: CurrentPrincipal, state: State) -> di
     return state.datastore.get_schema(principal, collection)
 
 
-@router.put("/api/schemas/{collection}", openapi_extra=openapi_body(_ConstraintsDoc),
+@router.put("/api/schemas/{collection}", openapi_extra=_constraints_doc(),
             dependencies=_OUTSIDE)
 async def update_schema(collection: str, request: Request, principal: CurrentPrincipal,
                         state: State) -> dict[str, Any]:

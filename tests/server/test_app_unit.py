@@ -111,3 +111,24 @@ def test_no_write_route_needs_a_worker_thread_after_its_handler() -> None:
     ]
     assert len(writes) > 30  # the walk found the routes
     assert offending == [], "declare response_model=None on these routes"
+
+
+def test_openapi_describes_names_and_ids_as_the_handlers_check_them(tmp_path: Path) -> None:
+    """Every path parameter says what the handler accepts (a pattern, an enum, or a length),
+    never a bare string: a request the description calls valid is not refused as 400."""
+    import json
+
+    app = create_app(ServerConfig(data_dir=tmp_path), environ={})
+    spec = app.openapi()
+    loose = [f"{method.upper()} {path} {param['name']}"
+             for path, ops in spec["paths"].items() for method, op in ops.items()
+             for param in op.get("parameters", []) if param["in"] == "path"
+             and not {"pattern", "enum", "maxLength"} & set(param["schema"])]
+    assert loose == []
+    collection = spec["paths"]["/api/insert/{collection}"]["post"]["parameters"][0]["schema"]
+    assert collection["pattern"] == "^[A-Za-z0-9_.\\-]+$" and collection["maxLength"] == 128
+    assert "x-component" not in json.dumps(spec)  # every shared grammar became a $ref
+    # a route that refuses transaction_id does not offer it
+    upsert = spec["paths"]["/api/upsert/{collection}/{record_id}"]["put"]["parameters"]
+    assert "transaction_id" not in {p["name"] for p in upsert}
+    app.state.ekodb.close()
