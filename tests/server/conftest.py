@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +17,34 @@ from mock_server.pytest_plugin import ServerInfo
 
 def tls_context(info: ServerInfo) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(info.ca_bundle))
+
+
+def raw_exchange(info: ServerInfo, request: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes over TLS; read until the server closes (or `timeout` passes)."""
+    host, port = info.url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as raw, \
+            tls_context(info).wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(request)
+        data = b""
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except (ssl.SSLError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def recv_op(ws: Any, op: str, timeout: float = 10) -> dict[str, Any]:
+    """The next WebSocket frame with this ``op``, skipping heartbeats and acks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        if frame["op"] == op:
+            return dict(frame)
+        assert frame["op"] in ("heartbeat", "pong", "acked", "subscribed"), frame
 
 
 class Api:

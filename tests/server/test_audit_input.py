@@ -5,31 +5,11 @@ lasting effect on the server."""
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 
 import pytest
 
 from mock_server.pytest_plugin import ServerInfo
-from tests.server.conftest import Api, assert_error, tls_context
-
-
-def raw_exchange(info: ServerInfo, request: bytes, timeout: float = 10) -> bytes:
-    """Send raw bytes over TLS; read until the server closes (or `timeout` passes)."""
-    host, port = info.url.removeprefix("https://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as raw, \
-            tls_context(info).wrap_socket(raw, server_hostname=host) as tls:
-        tls.sendall(request)
-        data = b""
-        while True:
-            try:
-                chunk = tls.recv(65536)
-            except (ssl.SSLError, OSError):
-                break
-            if not chunk:
-                break
-            data += chunk
-    return data
+from tests.server.conftest import Api, assert_error, raw_exchange
 
 
 def split_answer(data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import secrets
 import ssl
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from mock_server.pytest_plugin import ServerInfo
-from tests.server.conftest import Api, assert_error
+from tests.server.conftest import Api, assert_error, recv_op
 
 H = dict[str, str]
 
@@ -80,13 +79,6 @@ def ws_open(ekodb_server: ServerInfo) -> Iterator[Any]:
         ws.close()
 
 
-def recv_op(ws: ClientConnection, op: str, timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
-        if frame["op"] == op:
-            return dict(frame)
-        assert frame["op"] in ("heartbeat", "pong", "acked", "subscribed"), frame
 
 
 def test_exclude_inside_arrays_holds_on_get_find_and_write_answers(api: Api) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from mock_server.pytest_plugin import ServerInfo
 from mock_server.server import MAX_REQUEST_HEAD
-from tests.server.conftest import Api, assert_error, tls_context
+from tests.server.conftest import Api, assert_error, raw_exchange, tls_context
 
 
 def key_count(api: Api) -> int:
@@ -153,22 +153,6 @@ def test_invalid_content_length(ekodb_server: ServerInfo, value: bytes) -> None:
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
 
 
-def _raw_exchange(info: ServerInfo, request: bytes) -> bytes:
-    """Send raw bytes over TLS and read the whole answer (the server closes after it)."""
-    host, port = info.url.removeprefix("https://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as raw, \
-            tls_context(info).wrap_socket(raw, server_hostname=host) as tls:
-        tls.sendall(request)
-        data = b""
-        while True:
-            try:
-                chunk = tls.recv(65536)
-            except (ssl.SSLError, OSError):
-                break
-            if not chunk:
-                break
-            data += chunk
-    return data
 
 
 def test_longest_described_query_reaches_the_app(api: Api) -> None:
@@ -186,7 +170,7 @@ def test_longest_described_query_reaches_the_app(api: Api) -> None:
                                  (emoji, 400, "validation_error")]:
         assert len(fields) <= 8192
         query = f"select_fields={quote(fields)}&exclude_fields={quote(fields)}".encode()
-        data = _raw_exchange(api.info, b"GET /api/find/nope/r1?" + query + b" HTTP/1.1\r\n"
+        data = raw_exchange(api.info, b"GET /api/find/nope/r1?" + query + b" HTTP/1.1\r\n"
                              b"Host: x\r\nAuthorization: " + auth + b"\r\n"
                              b"Connection: close\r\n\r\n")
         head, _, body = data.partition(b"\r\n\r\n")
@@ -210,7 +194,7 @@ def test_longest_described_query_reaches_the_app(api: Api) -> None:
     ids=["long-query", "long-header", "garbage", "bad-header-name"],
 )
 def test_unparsable_request_gets_envelope(ekodb_server: ServerInfo, request_head: bytes) -> None:
-    data = _raw_exchange(ekodb_server, request_head)
+    data = raw_exchange(ekodb_server, request_head)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), data[:200]
     headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])

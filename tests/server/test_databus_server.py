@@ -27,7 +27,7 @@ from mock_server.permissions import Scope
 from mock_server.pytest_plugin import ServerInfo
 from mock_server.state import AppState
 from mock_server.storage import DB_FILE, Storage
-from tests.server.conftest import Api, assert_error
+from tests.server.conftest import Api, assert_error, recv_op
 
 ADMIN = Scope.from_raw({}, is_admin=True, read_only=False)
 
@@ -283,13 +283,6 @@ def ws_open(ekodb_server: ServerInfo) -> Iterator[Any]:
         ws.close()
 
 
-def recv_op(ws: ClientConnection, op: str, timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
-        if frame["op"] == op:
-            return dict(frame)
-        assert frame["op"] in ("heartbeat", "pong", "acked", "subscribed"), frame
 
 
 def test_ws_refuses_bad_tokens_with_4401_before_anything_else(ws_open: Any) -> None:
