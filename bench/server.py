@@ -16,11 +16,13 @@ while OP is measured and writes ``bench-server-OP.svg``.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import ssl
 import statistics
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -94,6 +96,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
     parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
                         help="raw: collapsed stacks (one line per stack, for grep/sort)")
+    parser.add_argument("--profile-rate", type=int, default=100,
+                        help="py-spy samples per second (more: finer, but slows the server)")
     parser.add_argument("--profile-gil", action="store_true",
                         help="sample only the thread holding the GIL (Python CPU, no waits)")
     args = parser.parse_args()
@@ -151,14 +155,15 @@ def _print(samples: dict[tuple[str, str], list[tuple[float, float]]], args: Any)
 
 
 def _profile(proc: psutil.Process, op: Op, args: Any) -> None:
-    spy = shutil.which("py-spy")
+    # the venv's own py-spy when the venv is not on PATH (python -m from .venv/bin/python)
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     raw = args.profile_format == "raw"
     out = f"bench-server-{args.profile.replace(' ', '-')}.{'txt' if raw else 'svg'}"
     recorder = subprocess.Popen(
         [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking",
-         "--format", "raw" if raw else "flamegraph", *(["--gil"] if args.profile_gil else [])])
+         "--format", "raw" if raw else "flamegraph", "--rate", str(args.profile_rate), *(["--gil"] if args.profile_gil else [])])
     time.sleep(1.0)  # let py-spy attach before the load starts
     rate, cpu = _measure(proc, op, args.requests, args.threads)
     recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not SIGTERM
