@@ -15,6 +15,7 @@ from starlette.routing import Match
 from mock_server import __version__
 from mock_server.asgi import request_id
 from mock_server.config import ServerConfig
+from mock_server.dispatch import CompiledRoutes
 from mock_server.errors import ApiError, code_for_status, disk_full
 from mock_server.middleware import (
     KNOWN_METHODS,
@@ -112,10 +113,9 @@ def create_app(
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.ekodb = st
-    for router in ROUTERS:
+    included = [*ROUTERS, *([faults_router] if config.fault_injection else [])]
+    for router in included:
         app.include_router(router)
-    if config.fault_injection:
-        app.include_router(faults_router)
     # /openapi.json documents each operation's real error answers (after all routes)
     install_openapi(app, is_authentication)
 
@@ -126,6 +126,9 @@ def create_app(
 
     # Added inner → outer.
     mw: Any = app.add_middleware
+    if config.compiled_routes:  # FastAPI's routes without its per-request routing and solving
+        mw(CompiledRoutes, routes=[r for router in included for r in router.routes],
+           error_handlers=app.exception_handlers)
     mw(IdempotencyMiddleware, store=st.idempotency, owner_of=st.owner_of, guard=st,
        wait_seconds=config.idempotency_wait,
        # an answer echoes at most a body plus ids: keep every JSON answer replayable

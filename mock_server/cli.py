@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no per-key request limits (the failed-auth limiter stays)")
     p.add_argument("--rate-limit-window", type=float, default=60.0, metavar="SECONDS",
                    help="window the tier limits and per-key rate_limit count over")
+    p.add_argument("--fastapi-routing", action="store_true",
+                   help="route every request through FastAPI's router instead of the "
+                        "compiled route table (slower; to rule the table out)")
     p.add_argument("--max-connections", type=int, default=1000, metavar="N",
                    help="concurrent HTTP connections; past it, requests get 503")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -66,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ServerConfig(
         data_dir=args.data_dir,
         max_connections=args.max_connections,
+        compiled_routes=not args.fastapi_routing,
         header_timeout=args.header_timeout,
         keep_alive_timeout=args.keep_alive_timeout,
         tls_handshake_timeout=args.tls_handshake_timeout,

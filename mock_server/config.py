@@ -95,6 +95,9 @@ class ServerConfig:
     #: Event loop: "asyncio" (the standard library's), or "uvloop" (faster, the
     #: ``server-fast`` extra; refused when it is not installed).
     event_loop: str = "asyncio"
+    #: Serve routes through :mod:`mock_server.dispatch` (routing and parameters compiled
+    #: once); False sends every request through FastAPI's own router, to rule it out.
+    compiled_routes: bool = True
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()
