@@ -410,25 +410,34 @@ class DataStore:
         for ridx, rid, data in rows:
             yield self._open(collection, self._open_id(collection, ridx, rid), data)
 
-    def _scan_seq(self, conn: sqlite3.Connection, collection: str,
-                  cidx: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Every record with its insertion sequence (the keyset pages' tie-breaker)."""
+    def _scan_seq(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+                  after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every record with its insertion sequence (the keyset pages' tie-breaker), from
+        sequence ``after`` on (exclusive; a hint: inside a transaction it is ignored).
+
+        Rows are read and decrypted as the caller iterates, in one statement (one
+        snapshot); a caller that stops early must ``close()`` the iterator, which ends the
+        statement (an open one would pin its WAL snapshot)."""
         if OVERLAY.get() is not None:
             # inside a transaction: the overlay's order (committed records, then staged
             # inserts); positions stand in for sequence numbers within the transaction
             yield from enumerate(self._scan(conn, collection, cidx), start=1)
             return
-        rows = conn.execute(
-            "SELECT seq, ridx, rid, data FROM ds_records WHERE cidx = ? ORDER BY seq", (cidx,)
-        ).fetchall()
-        for seq, ridx, rid, data in rows:
-            yield seq, self._open(collection, self._open_id(collection, ridx, rid), data)
+        cur = conn.execute("SELECT seq, ridx, rid, data FROM ds_records "
+                           "WHERE cidx = ? AND seq > ? ORDER BY seq", (cidx, after))
+        try:
+            for seq, ridx, rid, data in cur:
+                yield seq, self._open(collection, self._open_id(collection, ridx, rid), data)
+        finally:
+            cur.close()
 
     def _candidates(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
-                    flt: Filter | None) -> Iterator[tuple[int, dict[str, Any]]]:
+                    flt: Filter | None, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """What the filter must be applied to, in seq order: the records a declared index
         names when it covers every match (:mod:`mock_server.indexes`), else all of them.
-        Inside a client transaction staged rows are not indexed, so it always scans."""
+        Inside a client transaction staged rows are not indexed, so it always scans.
+        ``after``: records up to this sequence are not needed (see :meth:`_scan_seq`).
+        Lazy like :meth:`_scan_seq`: close it when stopping early."""
         if flt is not None and OVERLAY.get() is None:
             declared = indexed_fields(self._schemas.get(conn, collection, cidx))
             lookups = plan(flt, self._indexes.built(conn, collection, cidx, declared))
@@ -436,10 +445,11 @@ class DataStore:
                     else self._indexes.rows(conn, collection, cidx, lookups))
             if rows is not None:
                 for seq, ridx, rid, data in rows:
-                    yield seq, self._open(collection, self._open_id(collection, ridx, rid),
-                                          data)
+                    if seq > after:
+                        yield seq, self._open(collection,
+                                              self._open_id(collection, ridx, rid), data)
                 return
-        yield from self._scan_seq(conn, collection, cidx)
+        yield from self._scan_seq(conn, collection, cidx, after)
 
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
                  caller: Caller, operation: str, *,
@@ -769,8 +779,13 @@ class DataStore:
         paths = set(flt.fields() if flt is not None else ()) | {k.field for k in sort}
         self._require_readable(caller, name, paths)
         conn = self._storage.conn
-        rows, has_more = keyset_page(self._candidates(conn, name, self._exists(conn, name),
-                                                      flt), flt, sort, limit, skip, cursor)
+        # without a sort a cursor is a sequence: the scan starts right after it, in SQL
+        after = cursor.seq if cursor is not None and not sort else 0
+        candidates = self._candidates(conn, name, self._exists(conn, name), flt, after)
+        try:
+            rows, has_more = keyset_page(candidates, flt, sort, limit, skip, cursor)
+        finally:
+            candidates.close()  # a page without a sort stops reading early
         records = [_narrow(caller.scope.project(name, r), select, exclude)
                    for _, r in rows]
         next_cursor = encode_cursor(rows[-1][1], rows[-1][0], sort) if has_more else None
