@@ -157,7 +157,9 @@ def _walk(record: Mapping[str, Any], parts: tuple[str, ...]) -> tuple[bool, Any]
     """Follow pre-split path segments through nested objects."""
     current: Any = record
     for part in parts:
-        if not isinstance(current, Mapping) or part not in current:
+        # exact dicts first: every decrypted record is one, and an ABC check costs more
+        if ((type(current) is not dict and not isinstance(current, Mapping))
+                or part not in current):
             return (False, None)
         current = current[part]
     return (True, current)
