@@ -96,6 +96,8 @@ MAX_ID_LENGTH: Final = 64
 MAX_FIELD_LIST: Final = 256
 ID_BYTES: Final = 16  # 128 random bits, urlsafe base64 -> 22 characters
 DEFAULT_LIMIT: Final = 100
+#: What opening one stored record costs at least, in bytes of a find's ``inline_limit``.
+INLINE_ROW_BYTES: Final = 1024
 MAX_LIMIT: Final = 1000
 _SERVICE: Final = "datastore"
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -477,14 +479,18 @@ class DataStore:
             yield self._open_row(collection, ridx, rid, data)
 
     def _scan_seq(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
-                  after: int = 0) -> Generator[tuple[int, dict[str, Any]], None, None]:
+                  after: int = 0, inline_limit: int | None = None,
+                  ) -> Generator[tuple[int, dict[str, Any]], None, None]:
         """Every record with its insertion sequence (the keyset pages' tie-breaker), from
         sequence ``after`` on (exclusive; a hint: inside a transaction it is ignored).
 
         Rows are read and decrypted as the caller iterates, in one statement (one
         snapshot); a caller that stops early must ``close()`` the iterator, which ends the
-        statement (an open one would pin its WAL snapshot)."""
+        statement (an open one would pin its WAL snapshot). ``inline_limit``: see
+        :meth:`find_page`."""
         if OVERLAY.get() is not None:
+            if inline_limit is not None:
+                raise TooLargeInline
             # inside a transaction: the overlay's order (committed records, then staged
             # inserts); positions stand in for sequence numbers within the transaction
             yield from enumerate(self._scan(conn, collection, cidx), start=1)
@@ -492,22 +498,33 @@ class DataStore:
         cur = conn.execute("SELECT seq, ridx, rid, data FROM ds_records "
                            "WHERE cidx = ? AND seq > ? ORDER BY seq", (cidx, after))
         try:
+            if inline_limit is None:
+                for seq, ridx, rid, data in cur:
+                    yield seq, self._open_row(collection, ridx, rid, data)
+                return
+            left = inline_limit
             for seq, ridx, rid, data in cur:
+                left -= max(len(data), INLINE_ROW_BYTES)
+                if left < 0:
+                    raise TooLargeInline
                 yield seq, self._open_row(collection, ridx, rid, data)
         finally:
             cur.close()
 
     def _candidates(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
-                    flt: Filter | None, after: int = 0
+                    flt: Filter | None, after: int = 0, inline_limit: int | None = None,
                     ) -> Generator[tuple[int, dict[str, Any]], None, None]:
         """What the filter must be applied to, in seq order: the records a declared index
         names when it covers every match (:mod:`mock_server.indexes`), else all of them.
         Inside a client transaction staged rows are not indexed, so it always scans.
         ``after``: records up to this sequence are not needed (see :meth:`_scan_seq`).
-        Lazy like :meth:`_scan_seq`: close it when stopping early."""
+        Lazy like :meth:`_scan_seq`: close it when stopping early. ``inline_limit``: see
+        :meth:`find_page` (an index lookup reads all its candidates at once: not inline)."""
         if flt is not None and OVERLAY.get() is None:
             declared = indexed_fields(self._schemas.get(conn, collection, cidx))
             lookups = plan(flt, self._indexes.built(conn, collection, cidx, declared))
+            if lookups is not None and inline_limit is not None:
+                raise TooLargeInline
             rows = (None if lookups is None
                     else self._indexes.rows(conn, collection, cidx, lookups))
             if rows is not None:
@@ -515,7 +532,7 @@ class DataStore:
                     if seq > after:
                         yield seq, self._open_row(collection, ridx, rid, data)
                 return
-        yield from self._scan_seq(conn, collection, cidx, after)
+        yield from self._scan_seq(conn, collection, cidx, after, inline_limit)
 
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
                  caller: Caller, operation: str, *,
@@ -818,8 +835,16 @@ class DataStore:
         """``{filter, sort, limit, skip, cursor, select_fields, exclude_fields}`` → page."""
         return self.find_page(caller, collection, body).records
 
-    def find_page(self, caller: Caller, collection: object, body: object) -> FindPage:
-        """One page and where the next starts (keyset: sort keys, then insertion order)."""
+    def find_page(self, caller: Caller, collection: object, body: object, *,
+                  inline_limit: int | None = None) -> FindPage:
+        """One page and where the next starts (keyset: sort keys, then insertion order).
+
+        ``inline_limit``: the caller runs on an event loop and wants only cheap work: a
+        find that would open more than this many bytes of stored records (each counted as
+        at least :data:`INLINE_ROW_BYTES`, the fixed cost of opening one), or that sorts,
+        uses an index lookup or runs in a transaction, raises :class:`TooLargeInline`
+        before or while reading (nothing changed: ask again from a worker thread).
+        """
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         if not isinstance(body, dict):
@@ -844,10 +869,13 @@ class DataStore:
         exclude = _field_list(body.get("exclude_fields"), "exclude_fields")
         paths = set(flt.fields() if flt is not None else ()) | {k.field for k in sort}
         self._require_readable(caller, name, paths)
+        if inline_limit is not None and (sort or OVERLAY.get() is not None):
+            raise TooLargeInline  # a sort reads every match; a transaction reads its own
         conn = self._storage.conn
         # without a sort a cursor is a sequence: the scan starts right after it, in SQL
         after = cursor.seq if cursor is not None and not sort else 0
-        candidates = self._candidates(conn, name, self._exists(conn, name), flt, after)
+        candidates = self._candidates(conn, name, self._exists(conn, name), flt, after,
+                                      inline_limit)
         try:
             rows, has_more = keyset_page(candidates, flt, sort, limit, skip, cursor)
         finally:

@@ -18,7 +18,7 @@ import pytest
 from mock_server.audit import AuditLog
 from mock_server.changes import ChangeFeed
 from mock_server.crypto import KeyRing, aad
-from mock_server.datastore import DataStore, _RecordCipher
+from mock_server.datastore import INLINE_ROW_BYTES, DataStore, TooLargeInline, _RecordCipher
 from mock_server.permissions import Scope
 from mock_server.storage import Storage
 from mock_server.transactions import Transactions
@@ -168,6 +168,51 @@ def test_a_transaction_pages_over_its_own_writes(dom: Domain) -> None:
     assert first.has_more and not rest.has_more
     # outside the transaction its insert is not there
     assert [r["n"] for r in dom.ds.find(ADMIN, "c", {"filter": cond("n", "Eq", 50)})] == []
+
+
+def test_an_inline_find_answers_cheap_pages_and_refuses_the_rest(dom: Domain) -> None:
+    """``inline_limit`` (an event loop's caller): the same page when it fits, else
+    TooLargeInline with nothing left open, before reading when it cannot fit."""
+    dom.fill("c", 300)
+    cheap = {"filter": cond("team", "Eq", "a"), "limit": 10}
+    budget = 21 * INLINE_ROW_BYTES  # the 21 small records this page opens
+    assert dom.ds.find_page(ADMIN, "c", cheap, inline_limit=budget) == \
+        dom.ds.find_page(ADMIN, "c", cheap)
+    dom.opened.clear()
+    with pytest.raises(TooLargeInline):
+        dom.ds.find_page(ADMIN, "c", cheap, inline_limit=budget - 1)
+    assert len(dom.opened) == 20  # it stopped at the budget
+    other = sqlite3.connect(dom.storage.path, timeout=0)
+    try:
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        other.close()
+    dom.opened.clear()
+    sorted_page = {**cheap, "sort": [{"field": "n"}]}
+    with pytest.raises(TooLargeInline):  # a sort reads every match: refused up front
+        dom.ds.find_page(ADMIN, "c", sorted_page, inline_limit=10**9)
+    assert dom.opened == []
+    big = dom.ds.insert(ADMIN, "c", {"team": "big", "blob": "x" * 5000})["id"]
+    with pytest.raises(TooLargeInline):  # a record larger than what is left
+        dom.ds.find_page(ADMIN, "c", {"filter": cond("id", "Eq", big)},
+                         inline_limit=301 * INLINE_ROW_BYTES)
+    assert [r["id"] for r in dom.ds.find_page(
+        ADMIN, "c", {"filter": cond("id", "Eq", big)}).records] == [big]
+
+
+def test_an_inline_find_is_refused_for_index_lookups_and_transactions(dom: Domain) -> None:
+    dom.ds.create_collection(ADMIN, "idx", {"fields": {
+        "v": {"field_type": "Integer", "index": {"type": "hash"}}}})
+    dom.ds.insert(ADMIN, "idx", {"v": 1})
+    with pytest.raises(TooLargeInline):  # an index lookup reads its candidates at once
+        dom.ds.find_page(ADMIN, "idx", {"filter": cond("v", "Eq", 1)}, inline_limit=10**9)
+    unindexed = dom.ds.find_page(ADMIN, "idx", {"filter": cond("w", "Eq", 1)},
+                                 inline_limit=10**9)
+    assert unindexed.records == []
+    txs = Transactions(dom.storage, KeyRing(os.urandom(32)), dom.ds)
+    txid = txs.begin(ADMIN, {})["transaction_id"]
+    with pytest.raises(TooLargeInline):
+        txs.within(ADMIN, txid, dom.ds.find_page, ADMIN, "idx", {}, inline_limit=10**9)
 
 
 @pytest.mark.parametrize("record_id", ["plain-id_1", "with|bar", "back\\slash", "|\\|"])
