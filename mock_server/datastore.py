@@ -1127,9 +1127,10 @@ class DataStore:
         return self._load(conn, name, self._exists(conn, name), record_id) is not None
 
     def matching(self, caller: Caller, collection: object,
-                 raw_filter: object) -> Iterator[dict[str, Any]]:
+                 raw_filter: object) -> Generator[dict[str, Any], None, None]:
         """Records matching a wire filter (None: all), projected through the caller's field
-        rules; 403 when the filter names a field the caller may not read."""
+        rules; 403 when the filter names a field the caller may not read. Read as iterated
+        (:meth:`_scan_seq`): close it when stopping early."""
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         try:
@@ -1141,4 +1142,5 @@ class DataStore:
         conn = self._storage.conn
         records = self._candidates(conn, name, self._exists(conn, name), flt)
         scope = caller.scope
-        return (scope.project(name, r) for _, r in records if flt is None or flt.matches(r))
+        return (scope.project(name, r, owned=True) for _, r in records
+                if flt is None or flt.matches(r))

@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
+from mock_server import actions as actions_module
+from mock_server.actions import RecordActions
 from mock_server.audit import AuditLog
 from mock_server.changes import ChangeFeed
 from mock_server.crypto import KeyRing, aad
 from mock_server.datastore import INLINE_ROW_BYTES, DataStore, TooLargeInline, _RecordCipher
+from mock_server.errors import ApiError
 from mock_server.permissions import Scope
 from mock_server.storage import Storage
 from mock_server.transactions import Transactions
@@ -146,12 +149,7 @@ def test_a_find_that_stops_early_leaves_no_read_snapshot_open(dom: Domain) -> No
     dom.fill("c", 300)
     page = dom.ds.find_page(ADMIN, "c", {"filter": cond("team", "Eq", "a"), "limit": 2})
     assert page.has_more
-    other = sqlite3.connect(dom.storage.path, timeout=0)
-    try:
-        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        other.close()
-    assert busy == 0
+    assert _wal_resettable(dom.storage)
 
 
 def test_a_transaction_pages_over_its_own_writes(dom: Domain) -> None:
@@ -182,11 +180,7 @@ def test_an_inline_find_answers_cheap_pages_and_refuses_the_rest(dom: Domain) ->
     with pytest.raises(TooLargeInline):
         dom.ds.find_page(ADMIN, "c", cheap, inline_limit=budget - 1)
     assert len(dom.opened) == 20  # it stopped at the budget
-    other = sqlite3.connect(dom.storage.path, timeout=0)
-    try:
-        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-    finally:
-        other.close()
+    assert _wal_resettable(dom.storage)
     dom.opened.clear()
     sorted_page = {**cheap, "sort": [{"field": "n"}]}
     with pytest.raises(TooLargeInline):  # a sort reads every match: refused up front
@@ -213,6 +207,26 @@ def test_an_inline_find_is_refused_for_index_lookups_and_transactions(dom: Domai
     txid = txs.begin(ADMIN, {})["transaction_id"]
     with pytest.raises(TooLargeInline):
         txs.within(ADMIN, txid, dom.ds.find_page, ADMIN, "idx", {}, inline_limit=10**9)
+
+
+def _wal_resettable(storage: Storage) -> bool:
+    other = sqlite3.connect(storage.path, timeout=0)
+    try:
+        return bool(other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0)
+    finally:
+        other.close()
+
+
+def test_count_and_distinct_read_as_they_go_and_end_their_scan(
+        dom: Domain, monkeypatch: pytest.MonkeyPatch) -> None:
+    dom.fill("c", 300)
+    actions = RecordActions(dom.ds)
+    assert actions.count(ADMIN, "c", {"filter": cond("team", "Eq", "a")}) == 150
+    assert actions.distinct(ADMIN, "c", "team", None) == ["a", "b"]
+    monkeypatch.setattr(actions_module, "MAX_DISTINCT", 5)
+    with pytest.raises(ApiError, match="distinct values"):  # stops early, mid-scan
+        actions.distinct(ADMIN, "c", "n", None)
+    assert _wal_resettable(dom.storage)
 
 
 @pytest.mark.parametrize("record_id", ["plain-id_1", "with|bar", "back\\slash", "|\\|"])
