@@ -34,6 +34,10 @@ Decisions worth knowing:
 - Declared indexes (:mod:`mock_server.indexes`) are rewritten in ``_record``, which every
   committed record write passes (trash restores too); a trigger removes them with the row.
   Finds use them only outside client transactions (staged writes are not indexed).
+- A find without a sort streams its scan (one statement, closed when the page is full:
+  ``skip + limit + 1`` matches) and a cursor starts it in SQL (``seq > ?``). Every record
+  read is opened whole, id first: the content's associated data names the id, so a filter
+  cannot skip the id's decryption (that would take another storage format).
 """
 
 from __future__ import annotations
