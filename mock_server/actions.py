@@ -28,6 +28,7 @@ import copy
 import json
 import math
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any, Final
 
 from mock_server.datastore import Caller, DataStore
@@ -302,16 +303,17 @@ class RecordActions:
         if not caller.scope.readable(collection, path):
             raise forbidden(f"this API key may not read field {path!r} of {collection!r}")
         seen: dict[str, Any] = {}
-        for record in records:
-            try:
-                value = _lookup(record, parts, path)
-            except ApiError:  # a parent is not an object: this record has no such field
-                continue
-            if value is not _MISSING:
-                seen.setdefault(_canonical(value), value)
-                if len(seen) > MAX_DISTINCT:
-                    raise _invalid(f"more than {MAX_DISTINCT} distinct values; narrow the "
-                                   "filter")
+        with closing(records):  # stopping early ends the scan's statement now
+            for record in records:
+                try:
+                    value = _lookup(record, parts, path)
+                except ApiError:  # a parent is not an object: this record has no such field
+                    continue
+                if value is not _MISSING:
+                    seen.setdefault(_canonical(value), value)
+                    if len(seen) > MAX_DISTINCT:
+                        raise _invalid(f"more than {MAX_DISTINCT} distinct values; narrow "
+                                       "the filter")
         return list(seen.values())
 
 

@@ -34,6 +34,10 @@ Decisions worth knowing:
 - Declared indexes (:mod:`mock_server.indexes`) are rewritten in ``_record``, which every
   committed record write passes (trash restores too); a trigger removes them with the row.
   Finds use them only outside client transactions (staged writes are not indexed).
+- A find without a sort streams its scan (one statement, closed when the page is full:
+  ``skip + limit + 1`` matches) and a cursor starts it in SQL (``seq > ?``). Every record
+  read is opened whole, id first: the content's associated data names the id, so a filter
+  cannot skip the id's decryption (that would take another storage format).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -54,7 +58,7 @@ from typing import Any, Final, Protocol
 from mock_server.audit import AuditLog
 from mock_server.changes import Change, ChangeFeed, Operation
 from mock_server.compat import BATCH_OPTIONS, FIND_OPTIONS, ITEM_OPTIONS, strip_options
-from mock_server.crypto import DecryptionError, KeyRing, aad
+from mock_server.crypto import Aead, DecryptionError, KeyRing, aad
 from mock_server.errors import ApiError, bad_request, forbidden
 from mock_server.indexes import INDEX_SCHEMA, BlindIndex, indexed_fields, plan
 from mock_server.permissions import (
@@ -96,6 +100,8 @@ MAX_ID_LENGTH: Final = 64
 MAX_FIELD_LIST: Final = 256
 ID_BYTES: Final = 16  # 128 random bits, urlsafe base64 -> 22 characters
 DEFAULT_LIMIT: Final = 100
+#: What opening one stored record costs at least, in bytes of a find's ``inline_limit``.
+INLINE_ROW_BYTES: Final = 1024
 MAX_LIMIT: Final = 1000
 _SERVICE: Final = "datastore"
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -302,6 +308,53 @@ def _narrow(record: dict[str, Any], select: tuple[str, ...] | None,
                           tuple(p for p in exclude or () if p.split(".", 1)[0] != "id"))
 
 
+_raw_decode: Final = json.JSONDecoder().raw_decode
+
+
+def _decode_json(text: str) -> Any:
+    """``json.loads`` for the compact JSON we seal (no whitespace around it): half the
+    cost, as it skips the whitespace scans; trailing bytes still fail."""
+    value, end = _raw_decode(text)
+    if end != len(text):
+        raise json.JSONDecodeError("extra data", text, end)
+    return value
+
+
+def _aad_part(value: str) -> bytes:
+    """``value`` as one escaped part of :func:`aad` (ids rarely need the escaping)."""
+    return aad(value) if "|" in value or "\\" in value else value.encode()
+
+
+class _RecordCipher:
+    """One collection's record cipher and the constant head of its records' associated
+    data, built once per collection: a scan opens thousands of records, and ``aad()``
+    per record cost as much as the decryption. The bytes are exactly ``aad(...)``'s."""
+
+    __slots__ = ("_body", "_rid", "aead")
+
+    def __init__(self, cipher: Aead, collection: str) -> None:
+        self.aead = cipher
+        self._body = aad("record", collection, "")  # the record id follows
+        self._rid = aad("record-id", collection, "")  # the blind id's hex follows
+
+    def body_aad(self, record_id: str) -> bytes:
+        """``aad("record", collection, record_id)``: binds a content to its record."""
+        return self._body + _aad_part(record_id)
+
+    def id_aad(self, ridx: bytes) -> bytes:
+        """``aad("record-id", collection, ridx.hex())``: binds a sealed id to its row."""
+        return self._rid + ridx.hex().encode()
+
+    def open_row(self, ridx: bytes, rid: bytes, data: bytes) -> dict[str, Any]:
+        """A stored row's record, ``id`` first (the content's associated data names the id,
+        so the id is opened first); :class:`DecryptionError` when either part fails."""
+        decrypt = self.aead.decrypt
+        record_id = decrypt(rid, self._rid + ridx.hex().encode()).decode()
+        body: dict[str, Any] = _decode_json(
+            decrypt(data, self._body + _aad_part(record_id)).decode())
+        return {"id": record_id, **body}
+
+
 @dataclass
 class _Tx:
     """One write transaction: its connection and the changes to publish with it."""
@@ -328,6 +381,7 @@ class DataStore:
         self._schemas = SchemaStore(keyring)
         self._indexes = BlindIndex(keyring)
         self._cidxs: dict[str, bytes] = {}  # collection name -> its blind index
+        self._ciphers: dict[str, _RecordCipher] = {}  # collection name -> its record cipher
         #: Called inside the transaction just before a record row is deleted, with
         #: (connection, collection, cidx, record id, caller): the trash keeps a copy.
         self.removal_hooks: list[Callable[[sqlite3.Connection, str, bytes, str, Caller],
@@ -347,31 +401,49 @@ class DataStore:
     def _ridx(self, collection: str, record_id: str) -> bytes:
         return self._keyring.blind_index(_SERVICE + "-record", collection, record_id)
 
+    def _cipher(self, collection: str) -> _RecordCipher:
+        known = self._ciphers.get(collection)
+        if known is None:
+            known = _RecordCipher(self._keyring.aead(_SERVICE, collection), collection)
+            if len(self._ciphers) >= 4096:
+                self._ciphers.clear()
+            self._ciphers[collection] = known
+        return known
+
     def _seal(self, collection: str, record_id: str, record: Mapping[str, Any]) -> bytes:
         body = {k: v for k, v in record.items() if k != "id"}
         try:
             text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except ValueError:
             raise _invalid("NaN and Infinity are not JSON values") from None
-        return self._keyring.encrypt(_SERVICE, collection, text.encode(),
-                                     aad("record", collection, record_id))
+        cipher = self._cipher(collection)
+        return cipher.aead.encrypt(text.encode(), cipher.body_aad(record_id))
 
     def _open(self, collection: str, record_id: str, sealed: bytes) -> dict[str, Any]:
+        cipher = self._cipher(collection)
         try:
-            plain = self._keyring.decrypt(_SERVICE, collection, sealed,
-                                          aad("record", collection, record_id))
+            plain = cipher.aead.decrypt(sealed, cipher.body_aad(record_id))
         except DecryptionError:
             log.error("datastore: a record of a collection failed authentication")
             raise _integrity() from None
-        body: dict[str, Any] = json.loads(plain)
+        body: dict[str, Any] = _decode_json(plain.decode())
         return {"id": record_id, **body}
 
     def _open_id(self, collection: str, ridx: bytes, sealed: bytes) -> str:
+        cipher = self._cipher(collection)
         try:
-            return self._keyring.decrypt(_SERVICE, collection, sealed,
-                                         aad("record-id", collection, ridx.hex())).decode()
+            return cipher.aead.decrypt(sealed, cipher.id_aad(ridx)).decode()
         except DecryptionError:
             log.error("datastore: a record id failed authentication")
+            raise _integrity() from None
+
+    def _open_row(self, collection: str, ridx: bytes, rid: bytes,
+                  data: bytes) -> dict[str, Any]:
+        """:meth:`_open_id` then :meth:`_open` in one step (scans open thousands)."""
+        try:
+            return self._cipher(collection).open_row(ridx, rid, data)
+        except DecryptionError:
+            log.error("datastore: a stored record of a collection failed authentication")
             raise _integrity() from None
 
     def _exists(self, conn: sqlite3.Connection, collection: str) -> bytes:
@@ -408,38 +480,63 @@ class DataStore:
             "SELECT ridx, rid, data FROM ds_records WHERE cidx = ? ORDER BY seq", (cidx,)
         ).fetchall()
         for ridx, rid, data in rows:
-            yield self._open(collection, self._open_id(collection, ridx, rid), data)
+            yield self._open_row(collection, ridx, rid, data)
 
-    def _scan_seq(self, conn: sqlite3.Connection, collection: str,
-                  cidx: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Every record with its insertion sequence (the keyset pages' tie-breaker)."""
+    def _scan_seq(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
+                  after: int = 0, inline_limit: int | None = None,
+                  ) -> Generator[tuple[int, dict[str, Any]], None, None]:
+        """Every record with its insertion sequence (the keyset pages' tie-breaker), from
+        sequence ``after`` on (exclusive; a hint: inside a transaction it is ignored).
+
+        Rows are read and decrypted as the caller iterates, in one statement (one
+        snapshot); a caller that stops early must ``close()`` the iterator, which ends the
+        statement (an open one would pin its WAL snapshot). ``inline_limit``: see
+        :meth:`find_page`."""
         if OVERLAY.get() is not None:
+            if inline_limit is not None:
+                raise TooLargeInline
             # inside a transaction: the overlay's order (committed records, then staged
             # inserts); positions stand in for sequence numbers within the transaction
             yield from enumerate(self._scan(conn, collection, cidx), start=1)
             return
-        rows = conn.execute(
-            "SELECT seq, ridx, rid, data FROM ds_records WHERE cidx = ? ORDER BY seq", (cidx,)
-        ).fetchall()
-        for seq, ridx, rid, data in rows:
-            yield seq, self._open(collection, self._open_id(collection, ridx, rid), data)
+        cur = conn.execute("SELECT seq, ridx, rid, data FROM ds_records "
+                           "WHERE cidx = ? AND seq > ? ORDER BY seq", (cidx, after))
+        try:
+            if inline_limit is None:
+                for seq, ridx, rid, data in cur:
+                    yield seq, self._open_row(collection, ridx, rid, data)
+                return
+            left = inline_limit
+            for seq, ridx, rid, data in cur:
+                left -= max(len(data), INLINE_ROW_BYTES)
+                if left < 0:
+                    raise TooLargeInline
+                yield seq, self._open_row(collection, ridx, rid, data)
+        finally:
+            cur.close()
 
     def _candidates(self, conn: sqlite3.Connection, collection: str, cidx: bytes,
-                    flt: Filter | None) -> Iterator[tuple[int, dict[str, Any]]]:
+                    flt: Filter | None, after: int = 0, inline_limit: int | None = None,
+                    ) -> Generator[tuple[int, dict[str, Any]], None, None]:
         """What the filter must be applied to, in seq order: the records a declared index
         names when it covers every match (:mod:`mock_server.indexes`), else all of them.
-        Inside a client transaction staged rows are not indexed, so it always scans."""
+        Inside a client transaction staged rows are not indexed, so it always scans.
+        ``after``: records up to this sequence are not needed (see :meth:`_scan_seq`).
+        Lazy like :meth:`_scan_seq`: close it when stopping early. ``inline_limit``: see
+        :meth:`find_page` (an index lookup reads all its candidates at once: not inline)."""
         if flt is not None and OVERLAY.get() is None:
             declared = indexed_fields(self._schemas.get(conn, collection, cidx))
             lookups = plan(flt, self._indexes.built(conn, collection, cidx, declared))
+            if lookups is not None and inline_limit is not None:
+                raise TooLargeInline
             rows = (None if lookups is None
                     else self._indexes.rows(conn, collection, cidx, lookups))
             if rows is not None:
                 for seq, ridx, rid, data in rows:
-                    yield seq, self._open(collection, self._open_id(collection, ridx, rid),
-                                          data)
+                    if seq > after:
+                        yield seq, self._open_row(collection, ridx, rid, data)
                 return
-        yield from self._scan_seq(conn, collection, cidx)
+        yield from self._scan_seq(conn, collection, cidx, after, inline_limit)
 
     def _put_new(self, tx: _Tx, collection: str, cidx: bytes, record: Mapping[str, Any],
                  caller: Caller, operation: str, *,
@@ -451,8 +548,8 @@ class DataStore:
         if (overlay := OVERLAY.get()) is not None:
             overlay.stage(tx.conn, collection, cidx, record_id, stored, record)
             return stored
-        sealed_id = self._keyring.encrypt(_SERVICE, collection, record_id.encode(),
-                                          aad("record-id", collection, ridx.hex()))
+        cipher = self._cipher(collection)
+        sealed_id = cipher.aead.encrypt(record_id.encode(), cipher.id_aad(ridx))
         tx.conn.execute("INSERT INTO ds_records(cidx, ridx, rid, data) VALUES (?,?,?,?)",
                         (cidx, ridx, sealed_id, self._seal(collection, record_id, stored)))
         self._record(tx, caller, operation, collection, record_id, "insert", stored,
@@ -651,8 +748,8 @@ class DataStore:
             return
         rows = conn.execute("SELECT ridx, rid, data FROM ds_records WHERE cidx = ?",
                             (cidx,)).fetchall()
-        records = [(bytes(ridx), self._open(collection, self._open_id(collection, ridx, rid),
-                                            data)) for ridx, rid, data in rows]
+        records = [(bytes(ridx), self._open_row(collection, ridx, rid, data))
+                   for ridx, rid, data in rows]
         for field_name in added:
             self._indexes.build(conn, collection, cidx, field_name, records)
 
@@ -742,8 +839,16 @@ class DataStore:
         """``{filter, sort, limit, skip, cursor, select_fields, exclude_fields}`` → page."""
         return self.find_page(caller, collection, body).records
 
-    def find_page(self, caller: Caller, collection: object, body: object) -> FindPage:
-        """One page and where the next starts (keyset: sort keys, then insertion order)."""
+    def find_page(self, caller: Caller, collection: object, body: object, *,
+                  inline_limit: int | None = None) -> FindPage:
+        """One page and where the next starts (keyset: sort keys, then insertion order).
+
+        ``inline_limit``: the caller runs on an event loop and wants only cheap work: a
+        find that would open more than this many bytes of stored records (each counted as
+        at least :data:`INLINE_ROW_BYTES`, the fixed cost of opening one), or that sorts,
+        uses an index lookup or runs in a transaction, raises :class:`TooLargeInline`
+        before or while reading (nothing changed: ask again from a worker thread).
+        """
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         if not isinstance(body, dict):
@@ -768,10 +873,18 @@ class DataStore:
         exclude = _field_list(body.get("exclude_fields"), "exclude_fields")
         paths = set(flt.fields() if flt is not None else ()) | {k.field for k in sort}
         self._require_readable(caller, name, paths)
+        if inline_limit is not None and (sort or OVERLAY.get() is not None):
+            raise TooLargeInline  # a sort reads every match; a transaction reads its own
         conn = self._storage.conn
-        rows, has_more = keyset_page(self._candidates(conn, name, self._exists(conn, name),
-                                                      flt), flt, sort, limit, skip, cursor)
-        records = [_narrow(caller.scope.project(name, r), select, exclude)
+        # without a sort a cursor is a sequence: the scan starts right after it, in SQL
+        after = cursor.seq if cursor is not None and not sort else 0
+        candidates = self._candidates(conn, name, self._exists(conn, name), flt, after,
+                                      inline_limit)
+        try:
+            rows, has_more = keyset_page(candidates, flt, sort, limit, skip, cursor)
+        finally:
+            candidates.close()  # a page without a sort stops reading early
+        records = [_narrow(caller.scope.project(name, r, owned=True), select, exclude)
                    for _, r in rows]
         next_cursor = encode_cursor(rows[-1][1], rows[-1][0], sort) if has_more else None
         return FindPage(records, has_more, next_cursor)
@@ -1018,9 +1131,10 @@ class DataStore:
         return self._load(conn, name, self._exists(conn, name), record_id) is not None
 
     def matching(self, caller: Caller, collection: object,
-                 raw_filter: object) -> Iterator[dict[str, Any]]:
+                 raw_filter: object) -> Generator[dict[str, Any], None, None]:
         """Records matching a wire filter (None: all), projected through the caller's field
-        rules; 403 when the filter names a field the caller may not read."""
+        rules; 403 when the filter names a field the caller may not read. Read as iterated
+        (:meth:`_scan_seq`): close it when stopping early."""
         name = _check_collection(collection)
         self._require(caller, name, Level.READ)
         try:
@@ -1032,4 +1146,5 @@ class DataStore:
         conn = self._storage.conn
         records = self._candidates(conn, name, self._exists(conn, name), flt)
         scope = caller.scope
-        return (scope.project(name, r) for _, r in records if flt is None or flt.matches(r))
+        return (scope.project(name, r, owned=True) for _, r in records
+                if flt is None or flt.matches(r))

@@ -157,7 +157,9 @@ def _walk(record: Mapping[str, Any], parts: tuple[str, ...]) -> tuple[bool, Any]
     """Follow pre-split path segments through nested objects."""
     current: Any = record
     for part in parts:
-        if not isinstance(current, Mapping) or part not in current:
+        # exact dicts first: every decrypted record is one, and an ABC check costs more
+        if ((type(current) is not dict and not isinstance(current, Mapping))
+                or part not in current):
             return (False, None)
         current = current[part]
     return (True, current)
@@ -629,7 +631,23 @@ def keyset_page(
     cursor: Cursor | None,
 ) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
     """One page of ``(seq, record)`` in (sort keys, seq) order after ``cursor``, and whether
-    more follow. ``rows`` must come in ascending seq order (the stable sorts keep it)."""
+    more follow. ``rows`` must come in ascending seq order (the stable sorts keep it).
+
+    Without a sort the page order is the rows' order, so reading stops at the first
+    ``skip + limit + 1`` matches after the cursor (one more than the page: ``has_more``
+    stays exact); ``rows`` may be a lazy iterator that decrypts as it goes. A sort must see
+    every match first.
+    """
+    if not sort:
+        wanted = skip + limit + 1
+        after = -1 if cursor is None else cursor.seq  # sequences start at 1
+        found: list[tuple[int, dict[str, Any]]] = []
+        for seq, rec in rows:
+            if seq > after and (flt is None or flt.matches(rec)):
+                found.append((seq, rec))
+                if len(found) == wanted:
+                    break
+        return found[skip: skip + limit], len(found) == wanted
     selected = [(seq, rec) for seq, rec in rows if flt is None or flt.matches(rec)]
     for key in reversed(sort):
         get = _key_for(key.field)

@@ -154,14 +154,14 @@ def test_an_indexed_find_decrypts_only_the_candidates(dom: Domain,
     idx, _ = _pair(dom)
     dom.ds.batch_insert(ADMIN, idx, {"inserts": [{"data": {"v": i % 50, "x": i}}
                                                  for i in range(500)]})
-    opened: list[str] = []
-    real = dom.ds._open
+    opened: list[bytes] = []
+    real = dom.ds._open_row
 
-    def counting(collection: str, record_id: str, sealed: bytes) -> dict[str, Any]:
-        opened.append(record_id)
-        return real(collection, record_id, sealed)
+    def counting(collection: str, ridx: bytes, rid: bytes, data: bytes) -> dict[str, Any]:
+        opened.append(ridx)
+        return real(collection, ridx, rid, data)
 
-    monkeypatch.setattr(dom.ds, "_open", counting)
+    monkeypatch.setattr(dom.ds, "_open_row", counting)
     flt = logical("And", cond("v", "Eq", 7), cond("x", "Gte", 200))
     found = dom.ds.find(ADMIN, idx, {"filter": flt})
     assert [r["x"] for r in found] == [207, 257, 307, 357, 407, 457]
