@@ -21,7 +21,10 @@ exclude_fields}`` → ``[records]``; headers ``X-Has-More: true|false`` and, whe
 "delete" is write on every field: the admin level, or write through a rule without field
 restrictions (``Scope.may_delete``).
 
-Routes with a body are ``async`` only to read it; the domain call runs in the threadpool.
+Routes with a body are ``async`` only to read it; the domain call runs in the threadpool,
+except a ``get`` of a small record and a ``find`` whose page reads little (no sort, no
+index, a few dozen records): those run on the event loop, cheaper than the hop to a worker
+thread and back (``INLINE_GET_BYTES``, ``INLINE_FIND_BYTES``).
 
 Every record route joins a client transaction with ``?transaction_id=`` (and the find and
 batch bodies with a top-level ``"transaction_id"`` field, ``null`` meaning none); the
@@ -35,6 +38,7 @@ that ignore them see no change.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -211,6 +215,9 @@ async def insert(collection: str, request: Request, principal: CurrentPrincipal,
 #: A record up to this size (sealed) is read on the event loop; larger ones, and reads
 #: inside a client transaction, in the threadpool.
 INLINE_GET_BYTES = 64 * 1024
+#: A find that reads at most this many sealed bytes without a sort runs on the event loop
+#: (DataStore.find_page's inline_limit); one that would read more, in the threadpool.
+INLINE_FIND_BYTES = 64 * 1024
 
 
 @router.get("/api/find/{collection}/{record_id}")
@@ -239,8 +246,13 @@ async def find(collection: str, request: Request, response: Response,
                transaction_id: TxId = None) -> list[dict[str, Any]]:
     body = await _body(request)
     txid = _tx_of(transaction_id, body)
-    page: FindPage = await _run(_in, state, principal, txid, state.datastore.find_page,
-                                collection, body)
+    inline: FindPage | None = None
+    if txid is None:  # a page that reads little is answered on the loop, as a get is
+        with suppress(TooLargeInline):
+            inline = state.datastore.find_page(principal, collection, body,
+                                               inline_limit=INLINE_FIND_BYTES)
+    page: FindPage = inline if inline is not None else await _run(
+        _in, state, principal, txid, state.datastore.find_page, collection, body)
     response.headers["X-Has-More"] = "true" if page.has_more else "false"
     if page.next_cursor is not None:
         response.headers["X-Next-Cursor"] = page.next_cursor
