@@ -8,7 +8,9 @@
 Server CPU per request is read from the server process itself (user + system time from
 psutil before and after a batch), so client cost never counts. Each round runs every
 (operation, client) pair once, interleaved, so drift on a shared machine hits all alike; the
-table shows the median and the range over rounds. ``--threads`` clients share one keep-alive
+table shows the median and the range over rounds. ``find`` asks for the first 10 of
+``team == "a"`` (every second record); ``find (scan)`` for a value no record has, so it
+reads and decrypts all ``--records`` of them. ``--threads`` clients share one keep-alive
 TLS pool. ``--profile OP`` runs ``py-spy record`` (``pip install py-spy``) on the server
 while OP is measured and writes ``bench-server-OP.svg``.
 """
@@ -44,12 +46,17 @@ def _raw_ops(http: httpx.Client, token: str, coll: str, ids: list[str],
     h = {"Authorization": f"Bearer {token}"}
     find_body = {"filter": {"type": "Condition", "content": {
         "field": "team", "operator": "Eq", "value": "a"}}, "limit": 10}
+    scan_body = {"filter": {"type": "Condition", "content": {  # matches none: reads all
+        "field": "team", "operator": "Eq", "value": "z"}}, "limit": 10}
 
     def get(i: int) -> object:
         return http.get(f"/api/find/{coll}/{ids[i % len(ids)]}", headers=h).raise_for_status()
 
     def find(i: int) -> object:
         return http.post(f"/api/find/{coll}", json=find_body, headers=h).raise_for_status()
+
+    def scan(i: int) -> object:
+        return http.post(f"/api/find/{coll}", json=scan_body, headers=h).raise_for_status()
 
     def insert(i: int) -> object:  # into a collection of its own: finds never scan these
         return http.post(f"/api/insert/{coll}_w", json={"n": i, "team": "c"},
@@ -59,15 +66,18 @@ def _raw_ops(http: httpx.Client, token: str, coll: str, ids: list[str],
         return http.post(f"/api/queue/{queue}/send", json={"n": i},
                          headers={**h, "Idempotency-Key": uuid.uuid4().hex}).raise_for_status()
 
-    return {"get": get, "find": find, "insert": insert, "queue send": send}
+    return {"get": get, "find": find, "find (scan)": scan, "insert": insert,
+            "queue send": send}
 
 
 def _sdk_ops(client: Client, coll: str, ids: list[str], queue: str) -> dict[str, Op]:
     ds, q = client.datastore, client.queue
     flt = {"type": "Condition", "content": {"field": "team", "operator": "Eq", "value": "a"}}
+    none = {"type": "Condition", "content": {"field": "team", "operator": "Eq", "value": "z"}}
     return {
         "get": lambda i: ds.get(coll, ids[i % len(ids)]),
         "find": lambda i: ds.find(coll, flt, limit=10),
+        "find (scan)": lambda i: ds.find(coll, none, limit=10),
         "insert": lambda i: ds.insert(f"{coll}_w", {"n": i, "team": "c"}),
         "queue send": lambda i: q.send(queue, {"n": i}),
     }
@@ -144,12 +154,12 @@ def _print(samples: dict[tuple[str, str], list[tuple[float, float]]], args: Any)
     print(f"reference server ({args.event_loop} loop) over TLS keep-alive, "
           f"{args.threads} client threads, "
           f"{args.requests} requests x {args.rounds} rounds; find scans {args.records} records")
-    print(f"{'operation':<12} {'client':<10} {'req/s median (range)':>26} "
+    print(f"{'operation':<13} {'client':<10} {'req/s median (range)':>26} "
           f"{'server CPU ms/req median (range)':>36}")
     for (op_name, who), values in samples.items():
         rates = [v[0] for v in values]
         cpus = [v[1] for v in values]
-        print(f"{op_name:<12} {who:<10} "
+        print(f"{op_name:<13} {who:<10} "
               f"{statistics.median(rates):>8.0f} ({min(rates):>6.0f}-{max(rates):>6.0f})"
               f"       {statistics.median(cpus):>8.2f} ({min(cpus):.2f}-{max(cpus):.2f})")
 
@@ -163,7 +173,8 @@ def _profile(proc: psutil.Process, op: Op, args: Any) -> None:
     out = f"bench-server-{args.profile.replace(' ', '-')}.{'txt' if raw else 'svg'}"
     recorder = subprocess.Popen(
         [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking",
-         "--format", "raw" if raw else "flamegraph", "--rate", str(args.profile_rate), *(["--gil"] if args.profile_gil else [])])
+         "--format", "raw" if raw else "flamegraph", "--rate", str(args.profile_rate),
+         *(["--gil"] if args.profile_gil else [])])
     time.sleep(1.0)  # let py-spy attach before the load starts
     rate, cpu = _measure(proc, op, args.requests, args.threads)
     recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not SIGTERM
