@@ -33,6 +33,8 @@ TIER_LIMITS: dict[str, int] = {
 
 #: Event loops the server can run on (``ServerConfig.event_loop``).
 EVENT_LOOPS = ("asyncio", "uvloop")
+#: HTTP/1.1 parsers (``ServerConfig.http``): "auto" is httptools when installed, else h11.
+HTTP_PROTOCOLS = ("auto", "httptools", "h11")
 
 
 @dataclass
@@ -95,6 +97,9 @@ class ServerConfig:
     #: Event loop: "asyncio" (the standard library's), or "uvloop" (faster, the
     #: ``server-fast`` extra; refused when it is not installed).
     event_loop: str = "asyncio"
+    #: HTTP/1.1 parser: "httptools" (llhttp in C, the ``server-fast`` extra; refused when
+    #: it is not installed), "h11" (pure Python), or "auto": httptools when installed.
+    http: str = "auto"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(os.fspath(self.data_dir)).resolve()
@@ -113,6 +118,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError("event_loop must be one of " + ", ".join(EVENT_LOOPS))
+        if self.http not in HTTP_PROTOCOLS:
+            raise ValueError("http must be one of " + ", ".join(HTTP_PROTOCOLS))
         if self.max_connections < 1 or self.ws_max_sockets_per_key < 1:
             raise ValueError("max_connections and ws_max_sockets_per_key must be >= 1")
         for tier, limit in self.tier_limits.items():
