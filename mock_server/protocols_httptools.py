@@ -21,12 +21,18 @@ from urllib.parse import unquote
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mock_server.protocols import MAX_REQUEST_HEAD, Bounds
+from mock_server.protocols import MALFORMED, MAX_REQUEST_HEAD, Bounds
 
 #: A request line whose method llhttp does not know: leading empty lines, the method (an
 #: RFC 9110 token), then " target HTTP/1.x" and CRLF.
 _UNKNOWN_METHOD_LINE = re.compile(
     rb"(?:\r\n)*([!#$%&'*+.^_`|~0-9A-Za-z-]+)( [\x21-\x7e]+ HTTP/1\.[01]\r\n)")
+#: What may still become such a line (anything else is refused without waiting for more).
+#: Checked on each read, so bounded: an unknown method's request line may be up to
+#: _RELAY_MAX bytes long to get h11's 501 (a longer one gets 400).
+_RELAY_MAX = 8192
+_UNKNOWN_METHOD_START = re.compile(
+    rb"(?:\r\n)*[!#$%&'*+.^_`|~0-9A-Za-z-]*(?: [\x21-\x7e]*(?: [HTP/0-9.]*\r?)?)?")
 
 #: httptools.parse_url (which uvicorn calls) refuses longer targets; MAX_REQUEST_HEAD allows
 #: them (a query string the API describes can be ~192 KiB).
@@ -112,7 +118,7 @@ class BoundedHttpToolsProtocol(Bounds, HttpToolsProtocol):
         buf = self._relay
         assert buf is not None
         if b"\n" not in buf:
-            if len(buf) > MAX_REQUEST_HEAD:
+            if len(buf) > _RELAY_MAX or not _UNKNOWN_METHOD_START.fullmatch(buf):
                 self._relay = None
                 self._bad_request()
             return  # the rest of the line is on its way (the head timer runs)
@@ -151,9 +157,6 @@ class BoundedHttpToolsProtocol(Bounds, HttpToolsProtocol):
         self._start = None  # the method is known
         super().on_url(url)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value.rstrip(b" \t"))  # h11 strips trailing whitespace
-
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
@@ -179,15 +182,26 @@ class BoundedHttpToolsProtocol(Bounds, HttpToolsProtocol):
         self._idle = True
 
     def _check_head(self) -> None:
-        """What h11 refuses and llhttp lets through."""
+        """What h11 refuses and llhttp lets through; header values trimmed as h11 does."""
         version = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):
-            raise Refusal(f"HTTP/{version} is not supported; send HTTP/1.1")
-        hosts = sum(1 for name, _ in self.headers if name == b"host")
+            raise Refusal(f"HTTP version {version} is not supported; send 1.1")
+        hosts = 0
+        codings = []
+        headers = self.headers
+        size = len(self.url)
+        for i, (name, value) in enumerate(headers):
+            size += len(name) + len(value)
+            if value[-1:] in (b" ", b"\t"):  # h11 strips trailing whitespace, llhttp does not
+                headers[i] = (name, value.rstrip(b" \t"))
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                codings.append(value)
+        if size > MAX_REQUEST_HEAD:  # all of it came at once (data_received counts the rest)
+            raise Refusal(MALFORMED)
         if hosts > 1 or (hosts == 0 and version == "1.1"):
-            raise Refusal("an HTTP/1.1 request needs exactly one Host header "
-                          "(RFC 9112 section 3.2)")
-        codings = [value for name, value in self.headers if name == b"transfer-encoding"]
+            raise Refusal("a request needs exactly one Host header (RFC 9112 section 3.2)")
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             raise Refusal("only Transfer-Encoding: chunked is supported")
         if not self.url.startswith(b"/"):
