@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="idle time allowed before and between requests")
     p.add_argument("--tls-handshake-timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio",
-                   help="uvloop: less CPU per request (pip install 'ekoclient[server-fast]')")
+    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                   help="auto: uvloop when installed (less CPU per request; pip install "
+                        "'ekoclient[server-fast]'), else asyncio")
     p.add_argument("--http", choices=HTTP_PROTOCOLS, default="auto",
                    help="HTTP/1.1 parser; auto: httptools when installed (less CPU per "
                         "request), else h11")

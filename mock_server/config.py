@@ -31,8 +31,9 @@ TIER_LIMITS: dict[str, int] = {
 }
 
 
-#: Event loops the server can run on (``ServerConfig.event_loop``).
-EVENT_LOOPS = ("asyncio", "uvloop")
+#: Event loops the server can run on (``ServerConfig.event_loop``): "auto" is uvloop when
+#: installed, else asyncio.
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 #: HTTP/1.1 parsers (``ServerConfig.http``): "auto" is httptools when installed, else h11.
 HTTP_PROTOCOLS = ("auto", "httptools", "h11")
 
@@ -94,9 +95,10 @@ class ServerConfig:
     #: Concurrent HTTP connections per process; past it, requests get 503 and the
     #: connection is closed.
     max_connections: int = 1000
-    #: Event loop: "asyncio" (the standard library's), or "uvloop" (faster, the
-    #: ``server-fast`` extra; refused when it is not installed).
-    event_loop: str = "asyncio"
+    #: Event loop: "asyncio" (the standard library's), "uvloop" (less CPU per request, the
+    #: ``server-fast`` extra; refused when it is not installed), or "auto": uvloop when
+    #: installed, else asyncio.
+    event_loop: str = "auto"
     #: HTTP/1.1 parser: "httptools" (llhttp in C, the ``server-fast`` extra; refused when
     #: it is not installed), "h11" (pure Python), or "auto": httptools when installed.
     http: str = "auto"

@@ -48,6 +48,17 @@ def httptools_available() -> bool:
     return importlib.util.find_spec("httptools") is not None
 
 
+def uvloop_available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def resolve_loop(kind: str) -> str:
+    """The event loop a server runs: ``kind``, or for "auto" uvloop when installed."""
+    if kind == "auto":
+        return "uvloop" if uvloop_available() else "asyncio"
+    return kind
+
+
 def resolve_http(kind: str) -> str:
     """The parser a server runs: ``kind``, or for "auto" httptools when installed, else h11."""
     if kind == "auto":

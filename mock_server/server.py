@@ -18,7 +18,12 @@ import uvicorn
 from mock_server.app import create_app
 from mock_server.config import ServerConfig
 from mock_server.metrics import Metrics
-from mock_server.protocols import MAX_REQUEST_HEAD, counting_protocol, resolve_http
+from mock_server.protocols import (
+    MAX_REQUEST_HEAD,
+    counting_protocol,
+    resolve_http,
+    resolve_loop,
+)
 from mock_server.routes.ws import MAX_FRAME
 from mock_server.state import AppState
 from mock_server.tls import ensure_local_ca, harden
@@ -102,8 +107,10 @@ class ReferenceServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
-        #: The HTTP parser serving requests ("httptools" or "h11"), known once started.
+        #: The HTTP parser ("httptools" or "h11") and event loop ("uvloop" or "asyncio")
+        #: serving requests, known once started (config "auto" resolved).
         self.http_protocol: str | None = None
+        self.event_loop: str | None = None
 
     @property
     def url(self) -> str:
@@ -159,6 +166,7 @@ class ReferenceServer:
             # clients (the blocking stream pins 1.2) no suite to agree on; say it outright
             ssl["ssl_ciphers"] = TLS12_CIPHERS
         self.http_protocol = resolve_http(cfg.http)
+        self.event_loop = resolve_loop(cfg.event_loop)
         self._sock = self._bind()
         self.port = int(self._sock.getsockname()[1])
         uv_config = uvicorn.Config(
@@ -189,7 +197,7 @@ class ReferenceServer:
         sock = self._sock
         server = self._server
         threads = cfg.worker_threads
-        loop_factory = tls_loop_factory(cfg.tls_handshake_timeout, cfg.event_loop)
+        loop_factory = tls_loop_factory(cfg.tls_handshake_timeout, self.event_loop)
 
         async def serve() -> None:
             # blocking work (SQLite, crypto) runs on this many threads (anyio's limiter)

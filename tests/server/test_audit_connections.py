@@ -184,5 +184,5 @@ def test_authenticated_idempotent_writes_work_on_every_event_loop(strict: Server
 
 
 def test_an_unknown_event_loop_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="event_loop must be one of asyncio, uvloop"):
+    with pytest.raises(ValueError, match="event_loop must be one of auto, asyncio, uvloop"):
         ServerConfig(data_dir=tmp_path, event_loop="tokio")

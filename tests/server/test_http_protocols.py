@@ -23,7 +23,13 @@ import pytest
 from websockets.sync.client import connect
 
 from mock_server.config import ServerConfig
-from mock_server.protocols import MAX_REQUEST_HEAD, httptools_available, resolve_http
+from mock_server.protocols import (
+    MAX_REQUEST_HEAD,
+    httptools_available,
+    resolve_http,
+    resolve_loop,
+    uvloop_available,
+)
 from mock_server.pytest_plugin import ServerInfo, start_server
 from tests.server.conftest import Api, tls_context
 
@@ -321,9 +327,11 @@ def test_shutdown_drops_idle_keep_alive_connections_at_once(
     assert took < 2.5, f"stop() took {took:.1f}s with an idle connection open"
 
 
-def test_auto_picks_httptools_when_installed(ekodb_server: ServerInfo) -> None:
-    expected = "httptools" if httptools_available() else "h11"
-    assert ekodb_server.server.http_protocol == expected
+def test_auto_picks_the_fast_paths_when_installed(ekodb_server: ServerInfo) -> None:
+    """The server-fast extra is used without a flag: httptools and uvloop if installed."""
+    assert ekodb_server.server.http_protocol == ("httptools" if httptools_available()
+                                                 else "h11")
+    assert ekodb_server.server.event_loop == ("uvloop" if uvloop_available() else "asyncio")
 
 
 def test_protocol_choice_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,6 +339,7 @@ def test_protocol_choice_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ServerConfig(data_dir=tmp_path, http="h2")
     # without httptools (the server extra alone): auto falls back, a forced choice says why
     monkeypatch.setattr("mock_server.protocols.httptools_available", lambda: False)
-    assert resolve_http("auto") == "h11"
+    monkeypatch.setattr("mock_server.protocols.uvloop_available", lambda: False)
+    assert resolve_http("auto") == "h11" and resolve_loop("auto") == "asyncio"
     with pytest.raises(RuntimeError, match=r"server-fast"):
         resolve_http("httptools")
