@@ -144,6 +144,9 @@ class BoundedHttpToolsProtocol(Bounds, HttpToolsProtocol):
             self.transport.close()
         else:
             cycle.keep_alive = False
+            # and the answer says so: older uvicorn (0.36) adds Connection: close to it only
+            # when the request has one
+            cycle.scope["headers"].append((b"connection", b"close"))
 
     # parser callbacks
 
