@@ -31,6 +31,7 @@ from mock_server.protocols import (
     uvloop_available,
 )
 from mock_server.pytest_plugin import ServerInfo, start_server
+from mock_server.testing import ServerProcess
 from tests.server.conftest import Api, tls_context
 
 PROTOCOLS = ["httptools", "h11"]
@@ -56,7 +57,10 @@ def proto_server(request: pytest.FixtureRequest,
         info.server.stop()
 
 
-def tls_socket(info: ServerInfo) -> ssl.SSLSocket:
+Server = ServerInfo | ServerProcess  # anything with .url and .ca_bundle
+
+
+def tls_socket(info: Server) -> ssl.SSLSocket:
     host, port = info.url.removeprefix("https://").rsplit(":", 1)
     raw = socket.create_connection((host, int(port)), timeout=10)
     return tls_context(info).wrap_socket(raw, server_hostname=host)
@@ -93,7 +97,7 @@ def headers_of(head: bytes) -> dict[bytes, bytes]:
     return {k.lower(): v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])}
 
 
-def exchange(info: ServerInfo, request: bytes) -> tuple[int, dict[bytes, bytes], bytes, bytes]:
+def exchange(info: Server, request: bytes) -> tuple[int, dict[bytes, bytes], bytes, bytes]:
     """(status, headers, body) of the answer to `request`, then everything the server sent
     on that connection after it, FOLLOW included if the connection was kept."""
     with tls_socket(info) as tls:
@@ -343,3 +347,15 @@ def test_protocol_choice_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert resolve_http("auto") == "h11" and resolve_loop("auto") == "asyncio"
     with pytest.raises(RuntimeError, match=r"server-fast"):
         resolve_http("httptools")
+
+
+@pytest.mark.parametrize("args", [["--http", "h11", "--event-loop", "asyncio"], []],
+                         ids=["h11-asyncio", "defaults"])
+def test_the_cli_runs_the_parser_it_is_given(tmp_path: Path, args: list[str]) -> None:
+    """Two spaces after the method: h11 refuses the line, llhttp reads it; so the answer
+    shows which parser `python -m mock_server` runs."""
+    uses_httptools = not args and httptools_available()
+    with ServerProcess(tmp_path / "data", *args) as proc:
+        status, _, _, _ = exchange(proc, b"GET  /api/health HTTP/1.1\r\nHost: x\r\n"
+                                         b"Connection: close\r\n\r\n")
+    assert status == (200 if uses_httptools else 400)
