@@ -9,7 +9,9 @@ not a path (absolute-form, ``*``, CONNECT's authority-form), and a request head 
 MAX_REQUEST_HEAD (llhttp has no size limit); it strips trailing whitespace from header
 values as h11 does. llhttp only knows a fixed list of methods while h11 passes any token
 to the app, whose middleware answers 501: such a request line is parsed as a GET and the
-app gets the real method, so the 501 (and its metric) come from one place.
+app gets the real method, so the 501 (and its metric) come from one place. (Only for a
+request that starts a read, as every non-pipelined one does, with a line up to 8 KiB;
+otherwise such a request gets 400.)
 """
 
 from __future__ import annotations
