@@ -1,7 +1,7 @@
 """What the reference server spends per request, by operation, SDK and raw httpx side by side.
 
     python -m bench.server [--requests 300] [--rounds 3] [--threads 4] [--records 200]
-    python -m bench.server --event-loop uvloop                # the server on uvloop
+    python -m bench.server --event-loop asyncio --http h11    # without the server-fast extra
     python -m bench.server --profile get --requests 2000     # py-spy flame graph of the server
     python -m bench.server --profile insert --profile-gil --profile-format raw  # CPU only
 
@@ -35,6 +35,7 @@ import httpx
 import psutil
 
 from ekoclient import Client
+from mock_server.protocols import resolve_http, resolve_loop
 
 from .common import reference_server
 
@@ -101,8 +102,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--records", type=int, default=200, help="records the find scans")
-    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="the server's event loop (uvloop: the server-fast extra)")
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="the server's event loop (auto: uvloop when installed)")
+    parser.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
+                        help="the server's HTTP parser (auto: httptools when installed)")
+    parser.add_argument("--ops", default="get,find,find (scan),insert,queue send",
+                        help="comma-separated operations to measure (default: all)")
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
     parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
                         help="raw: collapsed stacks (one line per stack, for grep/sort)")
@@ -112,7 +117,7 @@ def main() -> None:
                         help="sample only the thread holding the GIL (Python CPU, no waits)")
     args = parser.parse_args()
 
-    with reference_server("--event-loop", args.event_loop) as server:
+    with reference_server("--event-loop", args.event_loop, "--http", args.http) as server:
         assert server.ca_bundle is not None and server.admin_key is not None
         assert server.proc is not None
         proc = psutil.Process(server.proc.pid)
@@ -129,10 +134,15 @@ def main() -> None:
             inserts = [{"data": {"n": i, "team": "ab"[i % 2]}} for i in range(args.records)]
             ids = http.post(f"/api/batch/insert/{coll}", json={"inserts": inserts},
                             headers=h).json()["successful"]
+            wanted = [op.strip() for op in args.ops.split(",")]
             variants = {
-                "raw httpx": _raw_ops(http, token["token"], coll, ids, queue),
-                "ekoclient": _sdk_ops(sdk, coll, ids, queue),
+                who: {name: op for name, op in ops.items() if name in wanted}
+                for who, ops in (("raw httpx", _raw_ops(http, token["token"], coll, ids, queue)),
+                                 ("ekoclient", _sdk_ops(sdk, coll, ids, queue)))
             }
+            if args.profile:
+                variants["raw httpx"][args.profile] = _raw_ops(
+                    http, token["token"], coll, ids, queue)[args.profile]
             for ops in variants.values():  # warm both pools and the token cache
                 for op in ops.values():
                     op(0)
@@ -151,7 +161,9 @@ def main() -> None:
 
 
 def _print(samples: dict[tuple[str, str], list[tuple[float, float]]], args: Any) -> None:
-    print(f"reference server ({args.event_loop} loop) over TLS keep-alive, "
+    loop, http = resolve_loop(args.event_loop), resolve_http(args.http)
+    print(f"reference server ({loop} loop, {http} HTTP parser) over TLS "
+          "keep-alive, "
           f"{args.threads} client threads, "
           f"{args.requests} requests x {args.rounds} rounds; find scans {args.records} records")
     print(f"{'operation':<13} {'client':<10} {'req/s median (range)':>26} "

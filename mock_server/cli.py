@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from mock_server.config import EVENT_LOOPS, ServerConfig
+from mock_server.config import EVENT_LOOPS, HTTP_PROTOCOLS, ServerConfig
 from mock_server.server import ReferenceServer, is_loopback
 
 #: Last line printed at start (a comment, so shells and .env parsers skip it).
@@ -45,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="idle time allowed before and between requests")
     p.add_argument("--tls-handshake-timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio",
-                   help="uvloop: less CPU per request (pip install 'ekoclient[server-fast]')")
+    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                   help="auto: uvloop when installed (less CPU per request; pip install "
+                        "'ekoclient[server-fast]'), else asyncio")
+    p.add_argument("--http", choices=HTTP_PROTOCOLS, default="auto",
+                   help="HTTP/1.1 parser; auto: httptools when installed (less CPU per "
+                        "request), else h11")
     return p
 
 
@@ -74,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_alive_timeout=args.keep_alive_timeout,
         tls_handshake_timeout=args.tls_handshake_timeout,
         event_loop=args.event_loop,
+        http=args.http,
         host=args.host,
         port=args.port,
         tls_cert=args.tls_cert,

@@ -31,8 +31,11 @@ TIER_LIMITS: dict[str, int] = {
 }
 
 
-#: Event loops the server can run on (``ServerConfig.event_loop``).
-EVENT_LOOPS = ("asyncio", "uvloop")
+#: Event loops the server can run on (``ServerConfig.event_loop``): "auto" is uvloop when
+#: installed, else asyncio.
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+#: HTTP/1.1 parsers (``ServerConfig.http``): "auto" is httptools when installed, else h11.
+HTTP_PROTOCOLS = ("auto", "httptools", "h11")
 
 
 @dataclass
@@ -92,9 +95,13 @@ class ServerConfig:
     #: Concurrent HTTP connections per process; past it, requests get 503 and the
     #: connection is closed.
     max_connections: int = 1000
-    #: Event loop: "asyncio" (the standard library's), or "uvloop" (faster, the
-    #: ``server-fast`` extra; refused when it is not installed).
-    event_loop: str = "asyncio"
+    #: Event loop: "asyncio" (the standard library's), "uvloop" (less CPU per request, the
+    #: ``server-fast`` extra; refused when it is not installed), or "auto": uvloop when
+    #: installed, else asyncio.
+    event_loop: str = "auto"
+    #: HTTP/1.1 parser: "httptools" (llhttp in C, the ``server-fast`` extra; refused when
+    #: it is not installed), "h11" (pure Python), or "auto": httptools when installed.
+    http: str = "auto"
     #: Serve routes through :mod:`mock_server.dispatch` (routing and parameters compiled
     #: once); False sends every request through FastAPI's own router, to rule it out.
     compiled_routes: bool = True
@@ -116,6 +123,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError("event_loop must be one of " + ", ".join(EVENT_LOOPS))
+        if self.http not in HTTP_PROTOCOLS:
+            raise ValueError("http must be one of " + ", ".join(HTTP_PROTOCOLS))
         if self.max_connections < 1 or self.ws_max_sockets_per_key < 1:
             raise ValueError("max_connections and ws_max_sockets_per_key must be >= 1")
         for tier, limit in self.tier_limits.items():

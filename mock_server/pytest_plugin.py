@@ -25,6 +25,9 @@ Fixtures:
     :class:`~mock_server.config.ServerConfig` fields (fresh data dir unless ``data_dir`` is
     given); every server it started is stopped at teardown.
 
+Both run on httptools and uvloop when the ``server-fast`` extra is installed, else on h11 and
+asyncio; pass ``http="h11"`` or ``event_loop="asyncio"`` to the factory to pick one.
+
 Rate limits: both fixtures keep per-key limiting on (X-RateLimit-* headers are sent) but
 with every tier's limit multiplied by 1,000, so a suite hammering one key is not throttled.
 A per-key ``rate_limit`` (``admin.create_key(..., rate_limit=N)``) is exact on any server;

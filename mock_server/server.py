@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import secrets
 import socket
 import sys
 import threading
@@ -14,173 +13,22 @@ from types import TracebackType
 from typing import Any
 
 import anyio.to_thread
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mock_server.app import create_app
-from mock_server.asgi import (
-    REQUEST_ID_KEY,
-    Receive,
-    Scope,
-    Send,
-    error_body,
-    request_id,
-    send_error,
-)
 from mock_server.config import ServerConfig
 from mock_server.metrics import Metrics
+from mock_server.protocols import (
+    MAX_REQUEST_HEAD,
+    counting_protocol,
+    resolve_http,
+    resolve_loop,
+)
 from mock_server.routes.ws import MAX_FRAME
 from mock_server.state import AppState
 from mock_server.tls import ensure_local_ca, harden
 
-#: Largest request line + headers accepted (h11's default is 16 KiB). The API describes
-#: query strings up to two 8192-character fields (``select_fields``/``exclude_fields``):
-#: percent-encoded 4-byte characters make that about 192 KiB, which must reach the app (and
-#: its validation) rather than be refused by the HTTP parser.
-MAX_REQUEST_HEAD = 256 * 1024
-
-
-def _raw_answer(status: int, reason: bytes, code: str, message: str,
-                extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
-    """A complete HTTP/1.1 answer with the SPEC §4.2 envelope that closes the connection,
-    for answers written straight to the transport (no request reached the app)."""
-    rid = "req_" + secrets.token_hex(12)
-    body = error_body(code, message, rid)
-    head = [b"HTTP/1.1 %d %s" % (status, reason), b"content-type: application/json",
-            b"content-length: %d" % len(body), b"x-request-id: " + rid.encode(),
-            b"connection: close", *(k + b": " + v for k, v in extra)]
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-def counting_protocol(metrics: Metrics, config: ServerConfig | None = None
-                      ) -> type[H11Protocol]:
-    """An H11Protocol that counts TCP connections (ekodb_connections_* metrics) and bounds
-    what a client may hold without sending requests.
-
-    * A request head (line + headers) must be complete within ``header_timeout`` of the
-      connection or of the previous answer (slowloris): else 408 and close.
-    * A new connection that sends nothing is closed after ``keep_alive_timeout``, as an idle
-      keep-alive one is (uvicorn only times out idle connections after an answer).
-    * Past ``max_connections`` open connections, a request gets 503 with Retry-After and its
-      connection is closed (the envelope, not uvicorn's plain-text 503).
-
-    It also answers requests h11 cannot parse (a malformed request line or header, or a
-    request head over MAX_REQUEST_HEAD) with the SPEC §4.2 JSON envelope instead of
-    uvicorn's plain-text 400: they never reach the app.
-    """
-    cfg = config
-    header_timeout = cfg.header_timeout if cfg is not None else 10.0
-    cap = cfg.max_connections if cfg is not None else None
-    open_now = [0]  # HTTP connections of this server (its protocols share the loop thread)
-
-    async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
-        scope[REQUEST_ID_KEY] = "req_" + secrets.token_hex(12)
-        await send_error(scope, send, 503, "service_unavailable",
-                         f"server busy: at its limit of {cap} open connections; retry shortly",
-                         {"Retry-After": "1", "Connection": "close",
-                          "X-Request-Id": request_id(scope)})
-
-    class CountingH11Protocol(H11Protocol):
-        _counted = False
-        _head_timer: asyncio.TimerHandle | None = None
-        _armed_cycle: object = None
-        _head_started = False
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            metrics.inc("ekodb_connections_opened_total")
-            metrics.inc("ekodb_connections_open")
-            super().connection_made(transport)
-            if cap is not None and open_now[0] >= cap:
-                self.app = over_capacity
-            open_now[0] += 1
-            self._counted = True
-            self._arm_head_timer()
-            # idle before the first request: uvicorn's keep-alive timer (data cancels it)
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler)
-
-        def _uncount(self) -> None:
-            if self._counted:
-                self._counted = False
-                open_now[0] -= 1
-                metrics.inc("ekodb_connections_open", -1)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._uncount()
-            self._disarm_head_timer()
-            super().connection_lost(exc)
-
-        def _arm_head_timer(self) -> None:
-            self._disarm_head_timer()
-            self._armed_cycle = self.cycle
-            self._head_started = False
-            self._head_timer = self.loop.call_later(header_timeout, self._head_too_slow)
-
-        def _disarm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_too_slow(self) -> None:
-            self._head_timer = None
-            if self.transport.is_closing():
-                return
-            if self.cycle is not self._armed_cycle:  # a request arrived meanwhile
-                return
-            if self._head_started:
-                self.transport.write(_raw_answer(
-                    408, b"Request Timeout", "request_timeout",
-                    f"request line and headers not received within {header_timeout:g}s"))
-            self.transport.close()
-
-        def data_received(self, data: bytes) -> None:
-            if self._head_timer is not None:
-                self._head_started = True
-            super().data_received(data)
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self._head_timer is not None and self.cycle is not self._armed_cycle:
-                self._disarm_head_timer()  # the head is complete: the request runs
-
-        def handle_websocket_upgrade(self, event: h11.Request) -> None:
-            # from here the connection is a WebSocket (capped per key), not an HTTP one
-            self._disarm_head_timer()
-            self._uncount()
-            super().handle_websocket_upgrade(event)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.cycle is not None \
-                    and self.cycle.response_complete:
-                self._arm_head_timer()  # the next head has header_timeout too
-
-        def shutdown(self) -> None:
-            # An idle keep-alive TLS connection closed politely waits for the peer's
-            # close_notify, which an idle client never sends: shutdown would stall for the
-            # whole grace period. Idle connections carry nothing, so drop them at once.
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.abort()
-            else:
-                super().shutdown()
-
-        def send_400_response(self, msg: str) -> None:
-            rid = "req_" + secrets.token_hex(12)
-            body = error_body("bad_request", "invalid HTTP request: malformed, or request line "
-                              "and headers too large", rid)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", rid.encode()),
-                (b"connection", b"close"),
-            ]
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-                          h11.Data(data=body), h11.EndOfMessage()):
-                self.transport.write(self.conn.send(event) or b"")
-            self.transport.close()
-
-    return CountingH11Protocol
+__all__ = ["MAX_REQUEST_HEAD", "ReferenceServer", "counting_protocol", "tls_loop_factory"]
 
 
 def tls_loop_factory(handshake_timeout: float, kind: str = "asyncio"
@@ -259,6 +107,10 @@ class ReferenceServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        #: The HTTP parser ("httptools" or "h11") and event loop ("uvloop" or "asyncio")
+        #: serving requests, known once started (config "auto" resolved).
+        self.http_protocol: str | None = None
+        self.event_loop: str | None = None
 
     @property
     def url(self) -> str:
@@ -313,11 +165,13 @@ class ReferenceServer:
             # older uvicorn (0.36) defaults to the cipher string "TLSv1", which leaves TLS 1.2
             # clients (the blocking stream pins 1.2) no suite to agree on; say it outright
             ssl["ssl_ciphers"] = TLS12_CIPHERS
+        self.http_protocol = resolve_http(cfg.http)
+        self.event_loop = resolve_loop(cfg.event_loop)
         self._sock = self._bind()
         self.port = int(self._sock.getsockname()[1])
         uv_config = uvicorn.Config(
             app,
-            http=counting_protocol(self.state.metrics, cfg),
+            http=counting_protocol(self.state.metrics, cfg),  # cfg.http picks the parser
             # typed int, used as a call_later delay: a float works
             timeout_keep_alive=cfg.keep_alive_timeout,  # type: ignore[arg-type]
             lifespan="off",
@@ -343,7 +197,7 @@ class ReferenceServer:
         sock = self._sock
         server = self._server
         threads = cfg.worker_threads
-        loop_factory = tls_loop_factory(cfg.tls_handshake_timeout, cfg.event_loop)
+        loop_factory = tls_loop_factory(cfg.tls_handshake_timeout, self.event_loop)
 
         async def serve() -> None:
             # blocking work (SQLite, crypto) runs on this many threads (anyio's limiter)

@@ -53,14 +53,26 @@ def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
     return data, time.monotonic() - started
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def strict(ekodb_server_factory: object, request: pytest.FixtureRequest) -> ServerInfo:
-    """Bounds on every event loop the server offers (uvloop: the server-fast extra)."""
-    if request.param == "uvloop":
+#: (event loop, HTTP parser) pairs: each loop, and each parser (test_http_protocols.py)
+SETUPS = [("asyncio", "h11"), ("asyncio", "httptools"), ("uvloop", "httptools")]
+
+
+def require(loop: str, http: str) -> None:
+    """Skip a set-up whose optional parts (the server-fast extra) are not installed."""
+    if loop == "uvloop":
         pytest.importorskip("uvloop")
+    if http == "httptools":
+        pytest.importorskip("httptools")
+
+
+@pytest.fixture(params=SETUPS, ids=["-".join(s) for s in SETUPS])
+def strict(ekodb_server_factory: object, request: pytest.FixtureRequest) -> ServerInfo:
+    """Bounds on every event loop and HTTP parser the server offers."""
+    loop, http = request.param
+    require(loop, http)
     info: ServerInfo = ekodb_server_factory(  # type: ignore[operator]
         header_timeout=SHORT, keep_alive_timeout=SHORT / 2, tls_handshake_timeout=SHORT,
-        event_loop=request.param)
+        event_loop=loop, http=http)
     return info
 
 
@@ -125,9 +137,12 @@ def test_unfinished_tls_handshake_is_dropped(strict: ServerInfo) -> None:
     assert took < SHORT + 2
 
 
-def test_connections_past_the_cap_get_503_and_are_closed(ekodb_server_factory: object
-                                                         ) -> None:
-    info: ServerInfo = ekodb_server_factory(max_connections=2)  # type: ignore[operator]
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_connections_past_the_cap_get_503_and_are_closed(ekodb_server_factory: object,
+                                                         http: str) -> None:
+    require("asyncio", http)
+    info: ServerInfo = ekodb_server_factory(  # type: ignore[operator]
+        max_connections=2, http=http)
     with ExitStack() as stack:
         held = []
         for _ in range(2):
@@ -169,5 +184,5 @@ def test_authenticated_idempotent_writes_work_on_every_event_loop(strict: Server
 
 
 def test_an_unknown_event_loop_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="event_loop must be one of asyncio, uvloop"):
+    with pytest.raises(ValueError, match="event_loop must be one of auto, asyncio, uvloop"):
         ServerConfig(data_dir=tmp_path, event_loop="tokio")
