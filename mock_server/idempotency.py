@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mock_server.crypto import KeyRing, aad
-from mock_server.storage import Storage, Unit, register_schema
+from mock_server.storage import Storage, Unit, WouldWait, register_schema
 
 register_schema(
     """
@@ -147,22 +147,51 @@ class IdempotencyStore:
         with self._storage.transaction(durable=False) as conn:
             if self._calls % 200 == 1:
                 conn.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
-            again = self._decide(owner, ikey, fp, now, conn)
-            if again is None:
-                conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ?", (owner, ikey))
-                conn.execute(
-                    "INSERT INTO idempotency(owner, ikey, fingerprint, state, created, started,"
-                    " holder) VALUES (?,?,?,'pending',?,?,?)",
-                    (owner, ikey, fp, now, now, self.holder),
-                )
-                return "proceed"
-            if again == "proceed":  # take over a crashed (or abandoned) attempt's row
-                conn.execute(
-                    "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
-                    (now, self.holder, owner, ikey),
-                )
-                self._abandoned.discard((owner, ikey))
-            return again
+            outcome, took_over = self._claim(conn, owner, ikey, fp, now)
+        if took_over:
+            self._abandoned.discard((owner, ikey))
+        return outcome
+
+    def begin_nowait(self, owner: str, key: str, fp: bytes) -> Outcome | None:
+        """:meth:`begin` for an event loop: None when it would wait (call begin in a thread).
+
+        The claim is taken at once when no other connection holds the write lock (always,
+        with one writer at a time): a thread hop saved. It reads under that lock, which it
+        got without waiting, so a replay still never queues behind a running write.
+        """
+        if self._abandoned or self._calls % 200 == 0:  # rare bookkeeping: in begin()
+            return None
+        ikey = self._ikey(owner, key)
+        now = time.time()
+        try:
+            with self._storage.nowait() as conn:
+                outcome, took_over = self._claim(conn, owner, ikey, fp, now)
+        except WouldWait:
+            return None
+        self._calls += 1
+        if took_over:
+            self._abandoned.discard((owner, ikey))
+        return outcome
+
+    def _claim(self, conn: sqlite3.Connection, owner: str, ikey: bytes, fp: bytes,
+               now: float) -> tuple[Outcome, bool]:
+        """Inside a write transaction: claim the row, or say how to treat a repeat (and
+        whether a crashed or abandoned attempt's row was taken over)."""
+        seen = self._decide(owner, ikey, fp, now, conn)
+        if seen is None:
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency(owner, ikey, fingerprint, state, created,"
+                " started, holder) VALUES (?,?,?,'pending',?,?,?)",
+                (owner, ikey, fp, now, now, self.holder),
+            )
+            return "proceed", False
+        if seen == "proceed":  # take over a crashed (or abandoned) attempt's row
+            conn.execute(
+                "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
+                (now, self.holder, owner, ikey),
+            )
+            return seen, True
+        return seen, False
 
     def _decide(self, owner: str, ikey: bytes, fp: bytes, now: float,
                 conn: sqlite3.Connection) -> Outcome | None:

@@ -343,7 +343,9 @@ class IdempotencyMiddleware:
         delay = 0.01
         principal: Any = None
         while True:
-            outcome = await asyncio.to_thread(self.store.begin, owner, key, fp)
+            outcome = self.store.begin_nowait(owner, key, fp)  # on the loop, if it need not wait
+            if outcome is None:
+                outcome = await asyncio.to_thread(self.store.begin, owner, key, fp)
             if outcome != "proceed" and principal is None and self.guard is not None:
                 try:  # once, however long it waits: one request, one count
                     principal = await asyncio.to_thread(self.guard.authenticate, scope)

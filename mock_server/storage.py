@@ -28,6 +28,7 @@ from pathlib import Path
 
 DB_FILE = "ekodb.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 log = logging.getLogger("mock_server.storage")
 
@@ -75,6 +76,20 @@ def _run_all(callbacks: list[Callback], what: str) -> None:
             callback()
         except Exception:
             log.exception("storage: a callback after %s failed", what)
+
+
+class WouldWait(Exception):
+    """Another connection holds the write lock: a :meth:`Storage.nowait` caller (on an event
+    loop) must not wait for it, and does the work from a thread instead."""
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused for a lock another connection holds (not a real failure)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc)
+    return "database is locked" in text or "database table is locked" in text
 
 
 class Unit:
@@ -250,6 +265,41 @@ class Storage:
         with self._lock:
             self._all.append(conn)
         return conn
+
+    @contextmanager
+    def nowait(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... COMMIT for an event loop: never waits, never fsyncs.
+
+        Raises :class:`WouldWait` (having done nothing) when another connection holds the
+        write lock; a loop must not block on it (the holder may be a request of this very
+        loop). The COMMIT is ``synchronous=NORMAL``, as ``transaction(durable=False)``, and
+        this connection never checkpoints (a checkpoint writes and syncs the database file:
+        the other connections do it). Not joinable by, nor part of, a :class:`Unit`.
+        """
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "nowait", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._local.nowait = conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise WouldWait from None
+            raise
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                raise WouldWait from None
+            raise
 
     def _lease(self) -> sqlite3.Connection:
         """A connection for a unit (not tied to a thread: a unit moves between threads)."""
