@@ -138,8 +138,8 @@ class IdempotencyStore:
         self._calls += 1
         if self._abandoned:
             self._retry_abandoned()
-        seen = self._decide(owner, ikey, fp, now, self._storage.conn)
-        if seen is not None and seen != "proceed":
+        seen = self._peek(owner, ikey, fp, now)
+        if seen is not None:
             return seen
         # The claim needs no fsync of its own: lost in a power cut, it leaves no write
         # behind (those commit with the answer, durably), so a retry simply claims again;
@@ -151,6 +151,15 @@ class IdempotencyStore:
         if took_over:
             self._abandoned.discard((owner, ikey))
         return outcome
+
+    def peek(self, owner: str, key: str, fp: bytes) -> Outcome | None:
+        """How to treat a repeat, from a plain read (no lock, no wait in WAL mode); None
+        when the key must be claimed first."""
+        return self._peek(owner, self._ikey(owner, key), fp, time.time())
+
+    def _peek(self, owner: str, ikey: bytes, fp: bytes, now: float) -> Outcome | None:
+        seen = self._decide(owner, ikey, fp, now, self._storage.conn)
+        return None if seen == "proceed" else seen
 
     def begin_nowait(self, owner: str, key: str, fp: bytes) -> Outcome | None:
         """:meth:`begin` for an event loop: None when it would wait (call begin in a thread).

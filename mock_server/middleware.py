@@ -12,6 +12,7 @@ import logging
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +32,7 @@ from mock_server.errors import ApiError, code_for_status, disk_full, payload_too
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import (
     IdempotencyStore,
+    Outcome,
     Replay,
     fingerprint,
     storable,
@@ -311,6 +313,10 @@ class IdempotencyMiddleware:
         self.max_stored = max_stored
         self.excluded = excluded
         self.streamed = streamed
+        #: Units of the first attempts running here; one that wrote holds the write lock.
+        self._units: weakref.WeakSet[Unit] = weakref.WeakSet()
+        #: Set (and replaced) whenever one of them commits or rolls back.
+        self._freed: asyncio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
@@ -343,9 +349,7 @@ class IdempotencyMiddleware:
         delay = 0.01
         principal: Any = None
         while True:
-            outcome = self.store.begin_nowait(owner, key, fp)  # on the loop, if it need not wait
-            if outcome is None:
-                outcome = await asyncio.to_thread(self.store.begin, owner, key, fp)
+            outcome = await self._begin(owner, key, fp)
             if outcome != "proceed" and principal is None and self.guard is not None:
                 try:  # once, however long it waits: one request, one count
                     principal = await asyncio.to_thread(self.guard.authenticate, scope)
@@ -379,6 +383,33 @@ class IdempotencyMiddleware:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
         await self._run_first(scope, receive, send, owner, key)
+
+    async def _begin(self, owner: str, key: str, fp: bytes) -> Outcome:
+        """Claim the key on the loop whenever that needs no wait (no thread hop).
+
+        The claim needs the database's write lock. Held by a request of ours (a unit that
+        wrote, until its answer commits on this loop), it is waited for here, on an event;
+        held by anyone else (another node, a write without a key), in a thread, where
+        SQLite's busy timeout waits.
+        """
+        give_up = time.monotonic() + 0.5
+        while (outcome := self.store.begin_nowait(owner, key, fp)) is None:
+            seen = self.store.peek(owner, key, fp)  # a repeat is answered without the lock
+            if seen is not None:
+                return seen
+            if not any(unit.begun for unit in self._units) or time.monotonic() > give_up:
+                return await asyncio.to_thread(self.store.begin, owner, key, fp)
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            await self._freed.wait()
+        return outcome
+
+    def _released(self, unit: Unit) -> None:
+        """``unit`` committed or rolled back: claims waiting on the loop may try again."""
+        self._units.discard(unit)
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
     async def _replay(self, scope: Scope, send: Send, replay: Replay) -> None:
         headers = list(replay.headers)
@@ -428,7 +459,10 @@ class IdempotencyMiddleware:
                     complete = True
             held.append(message)
             if size > self.max_stored and storable(status):
-                kept = await _finish(unit, self.store.forget, owner, key)
+                try:
+                    kept = await _finish(unit, self.store.forget, owner, key)
+                finally:
+                    self._released(unit)
                 mode = "passing" if kept else "refused"
                 if kept:
                     await _send_all(send, held)
@@ -436,6 +470,7 @@ class IdempotencyMiddleware:
 
         failed: BaseException | None = None
         with self.store.unit() as unit:
+            self._units.add(unit)
             try:
                 await self.app(scope, receive, capture)
             except BaseException as exc:
@@ -473,11 +508,15 @@ class IdempotencyMiddleware:
         headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
         body = b"".join(bytes(m.get("body", b"")) for m in held
                         if m["type"] == "http.response.body")
-        return await _finish(unit, self.store.complete, owner, key, status, headers, body)
+        try:
+            return await _finish(unit, self.store.complete, owner, key, status, headers, body)
+        finally:
+            self._released(unit)
 
     async def _discard(self, owner: str, key: str, unit: Unit) -> None:
         """Undo the attempt's writes, then free its key for a retry."""
         unit.rollback()  # on the loop, as in _finish: never waits
+        self._released(unit)
         if unit.due:
             await asyncio.to_thread(unit.settle)
         await asyncio.to_thread(self.store.abandon, owner, key)
