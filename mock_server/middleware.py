@@ -7,6 +7,7 @@ doing anything. Order (outer to inner): context, body limit, faults, idempotency
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -401,7 +402,9 @@ class IdempotencyMiddleware:
                 return await asyncio.to_thread(self.store.begin, owner, key, fp)
             if self._freed is None:
                 self._freed = asyncio.Event()
-            await self._freed.wait()
+            # held past give_up: the next turn waits in a thread (SQLite's busy timeout)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), give_up - time.monotonic())
         return outcome
 
     def _released(self, unit: Unit) -> None:
