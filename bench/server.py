@@ -1,6 +1,7 @@
 """What the reference server spends per request, by operation, SDK and raw httpx side by side.
 
     python -m bench.server [--requests 300] [--rounds 3] [--threads 4] [--records 200]
+    python -m bench.server --ops "insert,queue send"         # only these operations
     python -m bench.server --event-loop uvloop                # the server on uvloop
     python -m bench.server --profile get --requests 2000     # py-spy flame graph of the server
     python -m bench.server --profile insert --profile-gil --profile-format raw  # CPU only
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--records", type=int, default=200, help="records the find scans")
+    parser.add_argument("--ops", help="comma-separated operations to measure (default: all)")
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                         help="the server's event loop (uvloop: the server-fast extra)")
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
@@ -134,6 +136,8 @@ def main() -> None:
             samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
             for _ in range(args.rounds):
                 for op_name in variants["raw httpx"]:
+                    if args.ops and op_name not in args.ops.split(","):
+                        continue
                     for who, ops in variants.items():
                         samples.setdefault((op_name, who), []).append(
                             _measure(proc, ops[op_name], args.requests, args.threads))
@@ -163,7 +167,8 @@ def _profile(proc: psutil.Process, op: Op, args: Any) -> None:
     out = f"bench-server-{args.profile.replace(' ', '-')}.{'txt' if raw else 'svg'}"
     recorder = subprocess.Popen(
         [spy, "record", "--pid", str(proc.pid), "--output", out, "--threads", "--nonblocking",
-         "--format", "raw" if raw else "flamegraph", "--rate", str(args.profile_rate), *(["--gil"] if args.profile_gil else [])])
+         "--format", "raw" if raw else "flamegraph", "--rate", str(args.profile_rate),
+         *(["--gil"] if args.profile_gil else [])])
     time.sleep(1.0)  # let py-spy attach before the load starts
     rate, cpu = _measure(proc, op, args.requests, args.threads)
     recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not SIGTERM
