@@ -10,6 +10,15 @@ Exactly once, even under SIGKILL: the request's writes are held in one storage
 ``done`` with its answer. A node killed before that COMMIT leaves neither the write nor the
 answer, so the retry (which takes over the dead holder's ``pending`` row) applies it once; a
 node killed after it leaves both, so the retry gets the stored answer.
+
+Where the claim runs: on the event loop (:meth:`IdempotencyStore.begin_nowait`, a
+``synchronous=NORMAL`` transaction that never waits) whenever the write lock is free, so a
+keyed write costs no thread hop for it. When a request of this server holds the lock (its
+unit wrote; it commits on this loop) the middleware waits for that on the loop; when anyone
+else holds it, :meth:`IdempotencyStore.begin` waits in a thread. The claim stays its own
+committed row, not part of the write's transaction: a pending row is what lets a repeat on
+another node wait for the first attempt instead of queueing on the database's write lock,
+and what lets a write take that lock only once it writes (not for a whole upload).
 """
 
 from __future__ import annotations
@@ -161,6 +170,12 @@ class IdempotencyStore:
         seen = self._decide(owner, ikey, fp, now, self._storage.conn)
         return None if seen == "proceed" else seen
 
+    @property
+    def housekeeping_due(self) -> bool:
+        """Whether the next claim has rare bookkeeping to do (expired rows, abandoned ones):
+        :meth:`begin`'s, in a thread; :meth:`begin_nowait` declines it."""
+        return bool(self._abandoned) or self._calls % 200 == 0
+
     def begin_nowait(self, owner: str, key: str, fp: bytes) -> Outcome | None:
         """:meth:`begin` for an event loop: None when it would wait (call begin in a thread).
 
@@ -168,7 +183,7 @@ class IdempotencyStore:
         with one writer at a time): a thread hop saved. It reads under that lock, which it
         got without waiting, so a replay still never queues behind a running write.
         """
-        if self._abandoned or self._calls % 200 == 0:  # rare bookkeeping: in begin()
+        if self.housekeeping_due:
             return None
         ikey = self._ikey(owner, key)
         now = time.time()

@@ -395,6 +395,8 @@ class IdempotencyMiddleware:
         """
         give_up = time.monotonic() + 0.5
         while (outcome := self.store.begin_nowait(owner, key, fp)) is None:
+            if self.store.housekeeping_due:  # rare: begin() does it, in a thread
+                return await asyncio.to_thread(self.store.begin, owner, key, fp)
             seen = self.store.peek(owner, key, fp)  # a repeat is answered without the lock
             if seen is not None:
                 return seen
