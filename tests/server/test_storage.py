@@ -207,5 +207,12 @@ def test_a_nowait_transaction_refuses_at_once_while_another_connection_writes(
         conn.execute("INSERT INTO t_items(name) VALUES ('undone')")
         raise RuntimeError
     assert committed(tmp_path) == ["claimed"]
-    add(storage, "durable")  # the other connections stay fully durable
-    assert storage.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    # its connection goes back to the units' pool as it came: the unit that takes it
+    # next commits with its fsync, and waits for the lock like any writer
+    with storage.unit() as unit:
+        add(storage, "durable")
+        assert unit.conn is not None
+        assert unit.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert unit.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert unit.commit()
+    assert committed(tmp_path) == ["claimed", "durable"]
