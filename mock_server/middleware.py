@@ -7,7 +7,6 @@ doing anything. Order (outer to inner): context, body limit, faults, idempotency
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -316,8 +315,8 @@ class IdempotencyMiddleware:
         self.streamed = streamed
         #: Units of the first attempts running here; one that wrote holds the write lock.
         self._units: weakref.WeakSet[Unit] = weakref.WeakSet()
-        #: Set (and replaced) whenever one of them commits or rolls back.
-        self._freed: asyncio.Event | None = None
+        #: Claims waiting for one of them to commit or roll back.
+        self._waiting: list[asyncio.Future[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
@@ -389,32 +388,48 @@ class IdempotencyMiddleware:
         """Claim the key on the loop whenever that needs no wait (no thread hop).
 
         The claim needs the database's write lock. Held by a request of ours (a unit that
-        wrote, until its answer commits on this loop), it is waited for here, on an event;
+        wrote, until its answer commits on this loop), it is waited for here, on the loop;
         held by anyone else (another node, a write without a key), in a thread, where
         SQLite's busy timeout waits.
         """
         give_up = time.monotonic() + 0.5
-        while (outcome := self.store.begin_nowait(owner, key, fp)) is None:
-            if self.store.housekeeping_due:  # rare: begin() does it, in a thread
-                return await asyncio.to_thread(self.store.begin, owner, key, fp)
+        while True:
+            # while a write of ours holds the lock, a claim would only be refused: skip it
+            if not self._ours_hold_lock():
+                outcome = self.store.begin_nowait(owner, key, fp)
+                if outcome is not None:
+                    return outcome
+                if self.store.housekeeping_due:  # rare: begin() does it, in a thread
+                    return await asyncio.to_thread(self.store.begin, owner, key, fp)
             seen = self.store.peek(owner, key, fp)  # a repeat is answered without the lock
             if seen is not None:
                 return seen
-            if not any(unit.begun for unit in self._units) or time.monotonic() > give_up:
+            left = give_up - time.monotonic()
+            if left <= 0 or not self._ours_hold_lock():
                 return await asyncio.to_thread(self.store.begin, owner, key, fp)
-            if self._freed is None:
-                self._freed = asyncio.Event()
-            # held past give_up: the next turn waits in a thread (SQLite's busy timeout)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), give_up - time.monotonic())
-        return outcome
+            await self._lock_freed(left)
+
+    def _ours_hold_lock(self) -> bool:
+        return any(unit.begun for unit in self._units)
+
+    async def _lock_freed(self, timeout: float) -> None:
+        """Until a unit of ours commits or rolls back, or ``timeout`` (a future and a
+        timer: cheaper than ``asyncio.wait_for``, which starts a task)."""
+        loop = asyncio.get_running_loop()
+        freed: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(freed)
+        timer = loop.call_later(timeout, _resolve, freed)
+        try:
+            await freed
+        finally:
+            timer.cancel()
 
     def _released(self, unit: Unit) -> None:
         """``unit`` committed or rolled back: claims waiting on the loop may try again."""
         self._units.discard(unit)
-        if self._freed is not None:
-            self._freed.set()
-            self._freed = None
+        waiting, self._waiting = self._waiting, []
+        for freed in waiting:
+            _resolve(freed)
 
     async def _replay(self, scope: Scope, send: Send, replay: Replay) -> None:
         headers = list(replay.headers)
@@ -525,6 +540,11 @@ class IdempotencyMiddleware:
         if unit.due:
             await asyncio.to_thread(unit.settle)
         await asyncio.to_thread(self.store.abandon, owner, key)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
