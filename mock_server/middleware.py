@@ -410,7 +410,7 @@ class IdempotencyMiddleware:
             await self._lock_freed(left)
 
     def _ours_hold_lock(self) -> bool:
-        return any(unit.begun for unit in self._units)
+        return any(unit.locking for unit in self._units)
 
     async def _lock_freed(self, timeout: float) -> None:
         """Until a unit of ours commits or rolls back, or ``timeout`` (a future and a

@@ -107,6 +107,7 @@ class Unit:
         self._effects = _Effects()
         self._frame: _Effects | None = None
         self._due: list[Callback] = []
+        self._starting = False
         #: Joinable: inside its ``Storage.unit()`` block and neither committed nor rolled back.
         self.active = True
 
@@ -114,6 +115,12 @@ class Unit:
     def begun(self) -> bool:
         """Whether a write ran (the write lock is held until commit or rollback)."""
         return self._conn is not None
+
+    @property
+    def locking(self) -> bool:
+        """Whether it holds the write lock or is taking it: a thread that got the lock in
+        ``BEGIN IMMEDIATE`` may not have said so yet (it waits for the GIL)."""
+        return self._conn is not None or self._starting
 
     @property
     def conn(self) -> sqlite3.Connection | None:
@@ -131,12 +138,16 @@ class Unit:
             return
         if self._conn is None:
             conn = self._storage._lease()
+            self._starting = True
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except BaseException:
                 self._storage._give_back(conn)
                 raise
-            self._conn = conn
+            else:
+                self._conn = conn
+            finally:
+                self._starting = False
         conn = self._conn
         # each outermost `with transaction()` is atomic on its own, as without a unit
         conn.execute("SAVEPOINT unit")
