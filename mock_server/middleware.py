@@ -393,6 +393,7 @@ class IdempotencyMiddleware:
         SQLite's busy timeout waits.
         """
         give_up = time.monotonic() + 0.5
+        peeked = False
         while True:
             # while a write of ours holds the lock, a claim would only be refused: skip it
             if not self._ours_hold_lock():
@@ -401,9 +402,11 @@ class IdempotencyMiddleware:
                     return outcome
                 if self.store.housekeeping_due:  # rare: begin() does it, in a thread
                     return await asyncio.to_thread(self.store.begin, owner, key, fp)
-            seen = self.store.peek(owner, key, fp)  # a repeat is answered without the lock
-            if seen is not None:
-                return seen
+            if not peeked:  # a repeat is answered without the lock (later: by the claim)
+                seen = self.store.peek(owner, key, fp)
+                if seen is not None:
+                    return seen
+                peeked = True
             left = give_up - time.monotonic()
             if left <= 0 or not self._ours_hold_lock():
                 return await asyncio.to_thread(self.store.begin, owner, key, fp)
