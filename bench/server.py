@@ -2,6 +2,7 @@
 
     python -m bench.server [--requests 300] [--rounds 3] [--threads 4] [--records 200]
     python -m bench.server --event-loop asyncio --http h11    # without the server-fast extra
+    python -m bench.server --ops "insert,queue send"         # only these operations
     python -m bench.server --profile get --requests 2000     # py-spy flame graph of the server
     python -m bench.server --profile insert --profile-gil --profile-format raw  # CPU only
 

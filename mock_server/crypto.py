@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import hmac
 import os
 import secrets
@@ -157,7 +156,7 @@ class KeyRing:
     def blind_index(self, service: str, scope: str, value: str | bytes) -> bytes:
         """Deterministic keyed hash so encrypted values (ids, key hashes) can be looked up."""
         data = value.encode() if isinstance(value, str) else value
-        return hmac.new(self.derive("bidx", service, scope), data, hashlib.sha256).digest()
+        return hmac.digest(self.derive("bidx", service, scope), data, "sha256")  # one-shot C
 
     def jwt_secret(self) -> bytes:
         """Signing secret shared by every process using the same data dir / master key."""

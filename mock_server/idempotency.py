@@ -10,6 +10,15 @@ Exactly once, even under SIGKILL: the request's writes are held in one storage
 ``done`` with its answer. A node killed before that COMMIT leaves neither the write nor the
 answer, so the retry (which takes over the dead holder's ``pending`` row) applies it once; a
 node killed after it leaves both, so the retry gets the stored answer.
+
+Where the claim runs: on the event loop (:meth:`IdempotencyStore.begin_nowait`, a
+``synchronous=NORMAL`` transaction that never waits) whenever the write lock is free, so a
+keyed write costs no thread hop for it. When a request of this server holds the lock (its
+unit wrote; it commits on this loop) the middleware waits for that on the loop; when anyone
+else holds it, :meth:`IdempotencyStore.begin` waits in a thread. The claim stays its own
+committed row, not part of the write's transaction: a pending row is what lets a repeat on
+another node wait for the first attempt instead of queueing on the database's write lock,
+and what lets a write take that lock only once it writes (not for a whole upload).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mock_server.crypto import KeyRing, aad
-from mock_server.storage import Storage, Unit, register_schema
+from mock_server.storage import Storage, Unit, WouldWait, register_schema
 
 register_schema(
     """
@@ -138,8 +147,8 @@ class IdempotencyStore:
         self._calls += 1
         if self._abandoned:
             self._retry_abandoned()
-        seen = self._decide(owner, ikey, fp, now, self._storage.conn)
-        if seen is not None and seen != "proceed":
+        seen = self._peek(owner, ikey, fp, now)
+        if seen is not None:
             return seen
         # The claim needs no fsync of its own: lost in a power cut, it leaves no write
         # behind (those commit with the answer, durably), so a retry simply claims again;
@@ -147,22 +156,66 @@ class IdempotencyStore:
         with self._storage.transaction(durable=False) as conn:
             if self._calls % 200 == 1:
                 conn.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
-            again = self._decide(owner, ikey, fp, now, conn)
-            if again is None:
-                conn.execute("DELETE FROM idempotency WHERE owner = ? AND ikey = ?", (owner, ikey))
-                conn.execute(
-                    "INSERT INTO idempotency(owner, ikey, fingerprint, state, created, started,"
-                    " holder) VALUES (?,?,?,'pending',?,?,?)",
-                    (owner, ikey, fp, now, now, self.holder),
-                )
-                return "proceed"
-            if again == "proceed":  # take over a crashed (or abandoned) attempt's row
-                conn.execute(
-                    "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
-                    (now, self.holder, owner, ikey),
-                )
-                self._abandoned.discard((owner, ikey))
-            return again
+            outcome, took_over = self._claim(conn, owner, ikey, fp, now)
+        if took_over:
+            self._abandoned.discard((owner, ikey))
+        return outcome
+
+    def peek(self, owner: str, key: str, fp: bytes) -> Outcome | None:
+        """How to treat a repeat, from a plain read (no lock, no wait in WAL mode); None
+        when the key must be claimed first."""
+        return self._peek(owner, self._ikey(owner, key), fp, time.time())
+
+    def _peek(self, owner: str, ikey: bytes, fp: bytes, now: float) -> Outcome | None:
+        seen = self._decide(owner, ikey, fp, now, self._storage.conn)
+        return None if seen == "proceed" else seen
+
+    @property
+    def housekeeping_due(self) -> bool:
+        """Whether the next claim has rare bookkeeping to do (expired rows, abandoned ones):
+        :meth:`begin`'s, in a thread; :meth:`begin_nowait` declines it."""
+        return bool(self._abandoned) or self._calls % 200 == 0
+
+    def begin_nowait(self, owner: str, key: str, fp: bytes) -> Outcome | None:
+        """:meth:`begin` for an event loop: None when it would wait (call begin in a thread).
+
+        The claim is taken at once when no other connection holds the write lock (always,
+        with one writer at a time): a thread hop saved. It reads under that lock, which it
+        got without waiting, so a replay still never queues behind a running write.
+        """
+        if self.housekeeping_due:
+            return None
+        ikey = self._ikey(owner, key)
+        now = time.time()
+        try:
+            with self._storage.nowait() as conn:
+                outcome, took_over = self._claim(conn, owner, ikey, fp, now)
+        except WouldWait:
+            return None
+        self._calls += 1
+        if took_over:
+            self._abandoned.discard((owner, ikey))
+        return outcome
+
+    def _claim(self, conn: sqlite3.Connection, owner: str, ikey: bytes, fp: bytes,
+               now: float) -> tuple[Outcome, bool]:
+        """Inside a write transaction: claim the row, or say how to treat a repeat (and
+        whether a crashed or abandoned attempt's row was taken over)."""
+        seen = self._decide(owner, ikey, fp, now, conn)
+        if seen is None:
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency(owner, ikey, fingerprint, state, created,"
+                " started, holder) VALUES (?,?,?,'pending',?,?,?)",
+                (owner, ikey, fp, now, now, self.holder),
+            )
+            return "proceed", False
+        if seen == "proceed":  # take over a crashed (or abandoned) attempt's row
+            conn.execute(
+                "UPDATE idempotency SET started = ?, holder = ? WHERE owner = ? AND ikey = ?",
+                (now, self.holder, owner, ikey),
+            )
+            return seen, True
+        return seen, False
 
     def _decide(self, owner: str, ikey: bytes, fp: bytes, now: float,
                 conn: sqlite3.Connection) -> Outcome | None:

@@ -12,6 +12,7 @@ import logging
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +32,7 @@ from mock_server.errors import ApiError, code_for_status, disk_full, payload_too
 from mock_server.faults import FaultInjector
 from mock_server.idempotency import (
     IdempotencyStore,
+    Outcome,
     Replay,
     fingerprint,
     storable,
@@ -311,6 +313,10 @@ class IdempotencyMiddleware:
         self.max_stored = max_stored
         self.excluded = excluded
         self.streamed = streamed
+        #: Units of the first attempts running here; one that wrote holds the write lock.
+        self._units: weakref.WeakSet[Unit] = weakref.WeakSet()
+        #: Claims waiting for one of them to commit or roll back.
+        self._waiting: list[asyncio.Future[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
@@ -343,7 +349,7 @@ class IdempotencyMiddleware:
         delay = 0.01
         principal: Any = None
         while True:
-            outcome = await asyncio.to_thread(self.store.begin, owner, key, fp)
+            outcome = await self._begin(owner, key, fp)
             if outcome != "proceed" and principal is None and self.guard is not None:
                 try:  # once, however long it waits: one request, one count
                     principal = await asyncio.to_thread(self.guard.authenticate, scope)
@@ -377,6 +383,56 @@ class IdempotencyMiddleware:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
         await self._run_first(scope, receive, send, owner, key)
+
+    async def _begin(self, owner: str, key: str, fp: bytes) -> Outcome:
+        """Claim the key on the loop whenever that needs no wait (no thread hop).
+
+        The claim needs the database's write lock. Held by a request of ours (a unit that
+        wrote, until its answer commits on this loop), it is waited for here, on the loop;
+        held by anyone else (another node, a write without a key), in a thread, where
+        SQLite's busy timeout waits.
+        """
+        give_up = time.monotonic() + 0.5
+        peeked = False
+        while True:
+            # while a write of ours holds the lock, a claim would only be refused: skip it
+            if not self._ours_hold_lock():
+                outcome = self.store.begin_nowait(owner, key, fp)
+                if outcome is not None:
+                    return outcome
+                if self.store.housekeeping_due:  # rare: begin() does it, in a thread
+                    return await asyncio.to_thread(self.store.begin, owner, key, fp)
+            if not peeked:  # a repeat is answered without the lock (later: by the claim)
+                seen = self.store.peek(owner, key, fp)
+                if seen is not None:
+                    return seen
+                peeked = True
+            left = give_up - time.monotonic()
+            if left <= 0 or not self._ours_hold_lock():
+                return await asyncio.to_thread(self.store.begin, owner, key, fp)
+            await self._lock_freed(left)
+
+    def _ours_hold_lock(self) -> bool:
+        return any(unit.locking for unit in self._units)
+
+    async def _lock_freed(self, timeout: float) -> None:
+        """Until a unit of ours commits or rolls back, or ``timeout`` (a future and a
+        timer: cheaper than ``asyncio.wait_for``, which starts a task)."""
+        loop = asyncio.get_running_loop()
+        freed: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(freed)
+        timer = loop.call_later(timeout, _resolve, freed)
+        try:
+            await freed
+        finally:
+            timer.cancel()
+
+    def _released(self, unit: Unit) -> None:
+        """``unit`` committed or rolled back: claims waiting on the loop may try again."""
+        self._units.discard(unit)
+        waiting, self._waiting = self._waiting, []
+        for freed in waiting:
+            _resolve(freed)
 
     async def _replay(self, scope: Scope, send: Send, replay: Replay) -> None:
         headers = list(replay.headers)
@@ -426,7 +482,10 @@ class IdempotencyMiddleware:
                     complete = True
             held.append(message)
             if size > self.max_stored and storable(status):
-                kept = await _finish(unit, self.store.forget, owner, key)
+                try:
+                    kept = await _finish(unit, self.store.forget, owner, key)
+                finally:
+                    self._released(unit)
                 mode = "passing" if kept else "refused"
                 if kept:
                     await _send_all(send, held)
@@ -434,6 +493,7 @@ class IdempotencyMiddleware:
 
         failed: BaseException | None = None
         with self.store.unit() as unit:
+            self._units.add(unit)
             try:
                 await self.app(scope, receive, capture)
             except BaseException as exc:
@@ -471,14 +531,23 @@ class IdempotencyMiddleware:
         headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
         body = b"".join(bytes(m.get("body", b"")) for m in held
                         if m["type"] == "http.response.body")
-        return await _finish(unit, self.store.complete, owner, key, status, headers, body)
+        try:
+            return await _finish(unit, self.store.complete, owner, key, status, headers, body)
+        finally:
+            self._released(unit)
 
     async def _discard(self, owner: str, key: str, unit: Unit) -> None:
         """Undo the attempt's writes, then free its key for a retry."""
         unit.rollback()  # on the loop, as in _finish: never waits
+        self._released(unit)
         if unit.due:
             await asyncio.to_thread(unit.settle)
         await asyncio.to_thread(self.store.abandon, owner, key)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 DB_FILE = "ekodb.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 log = logging.getLogger("mock_server.storage")
 
@@ -77,6 +78,20 @@ def _run_all(callbacks: list[Callback], what: str) -> None:
             log.exception("storage: a callback after %s failed", what)
 
 
+class WouldWait(Exception):
+    """Another connection holds the write lock: a :meth:`Storage.nowait` caller (on an event
+    loop) must not wait for it, and does the work from a thread instead."""
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused for a lock another connection holds (not a real failure)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc)
+    return "database is locked" in text or "database table is locked" in text
+
+
 class Unit:
     """One write transaction held open across a request; see the module docstring.
 
@@ -92,6 +107,7 @@ class Unit:
         self._effects = _Effects()
         self._frame: _Effects | None = None
         self._due: list[Callback] = []
+        self._starting = False
         #: Joinable: inside its ``Storage.unit()`` block and neither committed nor rolled back.
         self.active = True
 
@@ -99,6 +115,12 @@ class Unit:
     def begun(self) -> bool:
         """Whether a write ran (the write lock is held until commit or rollback)."""
         return self._conn is not None
+
+    @property
+    def locking(self) -> bool:
+        """Whether it holds the write lock or is taking it: a thread that got the lock in
+        ``BEGIN IMMEDIATE`` may not have said so yet (it waits for the GIL)."""
+        return self._conn is not None or self._starting
 
     @property
     def conn(self) -> sqlite3.Connection | None:
@@ -116,12 +138,16 @@ class Unit:
             return
         if self._conn is None:
             conn = self._storage._lease()
+            self._starting = True
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except BaseException:
                 self._storage._give_back(conn)
                 raise
-            self._conn = conn
+            else:
+                self._conn = conn
+            finally:
+                self._starting = False
         conn = self._conn
         # each outermost `with transaction()` is atomic on its own, as without a unit
         conn.execute("SAVEPOINT unit")
@@ -250,6 +276,52 @@ class Storage:
         with self._lock:
             self._all.append(conn)
         return conn
+
+    @contextmanager
+    def nowait(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... COMMIT for an event loop: never waits, never fsyncs.
+
+        Raises :class:`WouldWait` (having done nothing) when another connection holds the
+        write lock; a loop must not block on it (the holder may be a request of this very
+        loop). The COMMIT is ``synchronous=NORMAL``, as ``transaction(durable=False)``. Not
+        joinable by, nor part of, a :class:`Unit`.
+
+        It runs on a connection of the units' pool, the one a unit takes next: a connection
+        re-reads every page it caches once another connection has committed, so a claim and
+        the write after it on one connection save ~30 page reads (syscalls) per request.
+        """
+        conn = self._lease()
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if is_busy(exc):
+                    raise WouldWait from None
+                raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                    raise WouldWait from None
+                raise
+        finally:
+            self._settle_lease(conn)
+
+    def _settle_lease(self, conn: sqlite3.Connection) -> None:
+        """Back to the pool's settings (busy timeout, FULL), or closed if it cannot be."""
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            with suppress(sqlite3.Error):
+                conn.close()
+            return
+        self._give_back(conn)
 
     def _lease(self) -> sqlite3.Connection:
         """A connection for a unit (not tied to a thread: a unit moves between threads)."""

@@ -252,3 +252,71 @@ def test_a_read_answer_too_large_to_store_leaves_the_database_writable(
         assert time.monotonic() - started < 5  # not stuck behind a lock nobody releases
     finally:
         api.close()
+
+
+def test_concurrent_keyed_writes_each_apply_once_while_they_contend_for_the_lock(
+        api: Api) -> None:
+    """Claims are taken on the event loop when the write lock is free and wait there for
+    this server's own writes to commit: many keyed inserts at once, each sent twice at
+    the same time, still store one record per key, and both copies get its answer."""
+    coll = "contend_" + uuid.uuid4().hex[:8]
+    assert api.http.post(f"/api/collections/{coll}", headers=api.admin).status_code == 200
+    keys = [uuid.uuid4().hex for _ in range(12)]
+    answers: dict[str, list[httpx.Response]] = {k: [] for k in keys}
+    lock = threading.Lock()
+
+    def insert(key: str) -> None:
+        with httpx.Client(base_url=api.info.url, verify=tls_context(api.info),
+                          timeout=60) as c:
+            r = c.post(f"/api/insert/{coll}", json={"key": key},
+                       headers={**api.admin, "Idempotency-Key": key})
+        with lock:
+            answers[key].append(r)
+
+    threads = [threading.Thread(target=insert, args=(k,)) for k in keys + keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key in keys:
+        assert [r.status_code for r in answers[key]] == [200, 200]
+        assert answers[key][0].json() == answers[key][1].json()
+    found = api.http.post(f"/api/find/{coll}", json={"limit": 100}, headers=api.admin)
+    assert found.status_code == 200
+    assert sorted(r["key"] for r in found.json()) == sorted(keys)
+
+
+def test_a_keyed_write_behind_a_held_commit_waits_for_it_and_then_applies(api: Api) -> None:
+    """One keyed insert holds the write lock (its commit held for 1 s); another keyed insert
+    meanwhile cannot claim its key yet. It waits for that commit, then runs: no error, no
+    deadlock of the event loop on SQLite's lock, and both records are there."""
+    admin = api.admin
+    held, other = "held_" + uuid.uuid4().hex[:8], "next_" + uuid.uuid4().hex[:8]
+    for name in (held, other):
+        assert api.http.post(f"/api/collections/{name}", headers=admin).status_code == 200
+    rules = {"rules": [{"method": "POST", "path_prefix": f"/api/insert/{held}",
+                        "when": "hold_commit", "seconds": 1.0}]}
+    assert api.http.post("/api/_faults", json=rules, headers=admin).status_code == 200
+    first: list[httpx.Response] = []
+    try:
+        def write() -> None:
+            with httpx.Client(base_url=api.info.url, verify=tls_context(api.info)) as c:
+                first.append(c.post(f"/api/insert/{held}", json={"n": 1},
+                                    headers={**admin, "Idempotency-Key": uuid.uuid4().hex}))
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while api.http.get("/api/_faults", headers=admin).json()["holding"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = api.http.post(f"/api/insert/{other}", json={"n": 2},
+                               headers={**admin, "Idempotency-Key": uuid.uuid4().hex})
+        assert second.status_code == 200
+        writer.join(10)
+        assert [r.status_code for r in first] == [200]
+        for name, n in ((held, 1), (other, 2)):
+            found = api.http.post(f"/api/find/{name}", json={}, headers=admin).json()
+            assert [r["n"] for r in found] == [n]
+    finally:
+        api.http.delete("/api/_faults", headers=admin)

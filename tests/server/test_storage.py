@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextvars
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from mock_server.storage import Storage, register_schema
+from mock_server.storage import Storage, WouldWait, register_schema
 
 register_schema("CREATE TABLE IF NOT EXISTS t_items (name TEXT PRIMARY KEY);")
 
@@ -183,3 +184,35 @@ def test_a_unit_says_whether_its_due_callbacks_may_run_on_an_event_loop(
     assert unit.due and unit.due_quick == all(kinds)
     unit.settle()
     assert seen == list(kinds) and not unit.due
+
+
+def test_a_nowait_transaction_refuses_at_once_while_another_connection_writes(
+        storage: Storage, tmp_path: Path) -> None:
+    """For the event loop: it must never block on the write lock (its holder may need the
+    loop to finish), so it says WouldWait, having done nothing, and works once it is free."""
+    other = sqlite3.connect(tmp_path / "ekodb.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(WouldWait), storage.nowait() as conn:
+            conn.execute("INSERT INTO t_items(name) VALUES ('blocked')")
+        assert time.monotonic() - started < 1.0  # not SQLite's 30 s busy timeout
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    with storage.nowait() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: a claim
+        conn.execute("INSERT INTO t_items(name) VALUES ('claimed')")
+    with pytest.raises(RuntimeError), storage.nowait() as conn:
+        conn.execute("INSERT INTO t_items(name) VALUES ('undone')")
+        raise RuntimeError
+    assert committed(tmp_path) == ["claimed"]
+    # its connection goes back to the units' pool as it came: the unit that takes it
+    # next commits with its fsync, and waits for the lock like any writer
+    with storage.unit() as unit:
+        add(storage, "durable")
+        assert unit.conn is not None
+        assert unit.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert unit.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert unit.commit()
+    assert committed(tmp_path) == ["claimed", "durable"]
