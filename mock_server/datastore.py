@@ -89,7 +89,7 @@ from mock_server.schemas import (
     parse_constraints,
     parse_schema,
 )
-from mock_server.storage import Storage, register_schema
+from mock_server.storage import Storage, on_loop, register_schema
 
 __all__ = ["MAX_BATCH", "OVERLAY", "Caller", "DataStore", "FindPage", "Overlay",
            "merge_changes"]
@@ -112,7 +112,8 @@ _FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "cursor", "select_fields
 
 
 class TooLargeInline(Exception):
-    """A read asked to stay cheap (on an event loop) met a large record or a transaction."""
+    """Work asked to stay cheap (on an event loop) met a large record, a transaction or a
+    whole-collection scan: nothing was done, run it again from a worker thread."""
 
 
 @dataclass(frozen=True)
@@ -493,7 +494,10 @@ class DataStore:
 
     def _scan(self, conn: sqlite3.Connection, collection: str,
               cidx: bytes) -> Iterator[dict[str, Any]]:
-        """Every record of a collection, in insertion order."""
+        """Every record of a collection, in insertion order. Never on the event loop
+        (:func:`~mock_server.storage.on_loop`): a collection may be large."""
+        if on_loop():
+            raise TooLargeInline
         if (overlay := OVERLAY.get()) is not None:
             yield from overlay.scan(conn, collection, cidx)
             return
@@ -516,6 +520,8 @@ class DataStore:
         snapshot); a caller that stops early must ``close()`` the iterator, which ends the
         statement (an open one would pin its WAL snapshot). ``inline_limit``: see
         :meth:`find_page`."""
+        if inline_limit is None and on_loop():
+            raise TooLargeInline  # a whole collection: not on the event loop
         if OVERLAY.get() is not None:
             if inline_limit is not None:
                 raise TooLargeInline

@@ -140,7 +140,10 @@ class Unit:
             conn = self._storage._lease()
             self._starting = True
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if _ON_LOOP.get():
+                    _begin_nowait(conn)
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
             except BaseException:
                 self._storage._give_back(conn)
                 raise
@@ -232,6 +235,27 @@ class Unit:
 
 
 _UNIT: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("ekodb_unit", default=None)
+#: Set while a unit's writes run on the event loop (:meth:`Storage.on_loop`).
+_ON_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("ekodb_on_loop", default=False)
+
+
+def _begin_nowait(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` that raises :class:`WouldWait` instead of waiting for the lock."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise WouldWait from None
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def on_loop() -> bool:
+    """Whether the current work runs on the event loop (:meth:`Storage.on_loop`): code
+    that could take long (a scan of a whole collection) then refuses instead."""
+    return _ON_LOOP.get()
 
 
 def start_fresh() -> None:
@@ -378,6 +402,26 @@ class Storage:
         finally:
             _UNIT.reset(token)
             unit.active = False  # a context copied meanwhile must not join it later
+
+    @contextmanager
+    def on_loop(self) -> Iterator[None]:
+        """Run the current unit's writes right here, on the event loop, or refuse.
+
+        A small keyed write costs less on the loop than its hop to a worker thread and
+        back; its unit's COMMIT runs on the loop anyway. Nothing may wait there: taking the
+        write lock raises :class:`WouldWait` when another connection holds it, and code that
+        checks :func:`on_loop` refuses long work. A refusal inside a transaction rolls back
+        its savepoint (the unit keeps the lock it took), so the caller simply runs the same
+        call again from a thread. Without a unit (no Idempotency-Key) it refuses at once:
+        such a write's own COMMIT and fsync would run on the loop.
+        """
+        if self._unit() is None:
+            raise WouldWait
+        token = _ON_LOOP.set(True)
+        try:
+            yield
+        finally:
+            _ON_LOOP.reset(token)
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -216,3 +216,50 @@ def test_a_nowait_transaction_refuses_at_once_while_another_connection_writes(
         assert unit.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
     assert unit.commit()
     assert committed(tmp_path) == ["claimed", "durable"]
+
+
+def test_a_unit_on_the_loop_refuses_to_wait_for_the_write_lock(storage: Storage,
+                                                                tmp_path: Path) -> None:
+    """A keyed write tried on the event loop must never block it: with the lock held
+    elsewhere it says WouldWait, having taken nothing, and the same unit then writes (from
+    a thread, in the server) once the lock is free, with its usual busy timeout."""
+    other = sqlite3.connect(tmp_path / "ekodb.sqlite3", isolation_level=None)
+    with storage.unit() as unit:
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            with pytest.raises(WouldWait), storage.on_loop():
+                add(storage, "blocked")
+            assert time.monotonic() - started < 1.0  # not SQLite's 30 s busy timeout
+            assert not unit.begun
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        add(storage, "written")
+        assert unit.conn is not None
+        assert unit.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert unit.commit()
+    assert committed(tmp_path) == ["written"]
+
+
+def test_a_refusal_on_the_loop_inside_the_unit_undoes_only_that_attempt(
+        storage: Storage, tmp_path: Path) -> None:
+    """Long work refused on the loop after the unit took the lock (a whole-collection scan
+    raises inside the transaction) leaves nothing of the attempt; run again, it commits once."""
+    class Refused(Exception):
+        pass
+
+    with storage.unit() as unit:
+        with pytest.raises(Refused), storage.on_loop(), storage.transaction() as conn:
+            conn.execute("INSERT INTO t_items(name) VALUES ('attempt')")
+            raise Refused
+        assert unit.begun  # it keeps the lock it took
+        add(storage, "attempt")
+    assert unit.commit()
+    assert committed(tmp_path) == ["attempt"]
+
+
+def test_on_loop_refuses_a_write_outside_a_unit(storage: Storage) -> None:
+    """Without a unit the write's own COMMIT and fsync would run on the loop: refused."""
+    with pytest.raises(WouldWait), storage.on_loop():
+        pass
