@@ -25,7 +25,7 @@ Routes with a body are ``async`` only to read it; the domain call runs in the th
 except a ``get`` of a small record, a ``find`` whose page reads little (no sort, no index,
 a few dozen records) and a small insert with an Idempotency-Key whose write lock is free:
 those run on the event loop, cheaper than the hop to a worker thread and back
-(``INLINE_GET_BYTES``, ``INLINE_FIND_BYTES``, ``INLINE_WRITE_BYTES``).
+(``INLINE_GET_BYTES``, ``INLINE_FIND_BYTES``, ``deps.run_write``).
 
 Every record route joins a client transaction with ``?transaction_id=`` (and the find and
 batch bodies with a top-level ``"transaction_id"`` field, ``null`` meaning none); the
@@ -68,9 +68,8 @@ from mock_server.openapi import (
 )
 from mock_server.query import MAX_SKIP
 from mock_server.routes.compat import client_options, outside_transactions
-from mock_server.routes.deps import CurrentPrincipal, State
+from mock_server.routes.deps import CurrentPrincipal, State, run_write
 from mock_server.state import AppState
-from mock_server.storage import WouldWait
 
 router = APIRouter(tags=["datastore"], dependencies=[Depends(client_options)])
 
@@ -207,11 +206,8 @@ async def insert(collection: str, request: Request, principal: CurrentPrincipal,
     txid = _tx_of(transaction_id)
     if txid is None:
         # a "ttl" (body, ekoDB's shape, or query) schedules the record's expiry
-        if len(await request.body()) <= INLINE_WRITE_BYTES:
-            # a small keyed write runs on the loop unless it would wait (storage.on_loop)
-            with suppress(WouldWait, TooLargeInline), state.storage.on_loop():
-                return state.record_ttl.insert(principal, collection, body, ttl)
-        return await _run(state.record_ttl.insert, principal, collection, body, ttl)
+        return await run_write(request, state.record_ttl.insert, principal, collection, body,
+                               ttl)
     if ttl is not None or (isinstance(body, dict) and "ttl" in body):
         raise bad_request("a record TTL cannot be set inside a transaction: insert it, "
                           "then set its TTL after commit", "validation_error")
@@ -224,9 +220,6 @@ INLINE_GET_BYTES = 64 * 1024
 #: A find that reads at most this many sealed bytes without a sort runs on the event loop
 #: (DataStore.find_page's inline_limit); one that would read more, in the threadpool.
 INLINE_FIND_BYTES = 64 * 1024
-#: An insert whose body is at most this large tries the event loop first (inside an
-#: Idempotency-Key unit only: mock_server.storage.Storage.on_loop).
-INLINE_WRITE_BYTES = 64 * 1024
 
 
 @router.get("/api/find/{collection}/{record_id}")

@@ -32,7 +32,7 @@ from mock_server.auth import Principal
 from mock_server.http_json import check_content_type, openapi_body, parse_json_bytes
 from mock_server.longpoll import MAX_WAIT, long_poll
 from mock_server.queues import MAX_BATCH, MAX_CLAIM_TTL, MAX_IDS, MAX_POLL, Kind, Queues
-from mock_server.routes.deps import CurrentPrincipal, State, json_body
+from mock_server.routes.deps import CurrentPrincipal, State, json_body, run_write
 from mock_server.state import AppState
 
 Name = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -96,8 +96,8 @@ def build_router(kind: Kind) -> APIRouter:
     async def send(name: Name, request: Request, principal: CurrentPrincipal,
                    state: State) -> dict[str, Any]:
         message = await _raw_json(request)
-        msg_id = await run_in_threadpool(_queues(state).send, principal.scope, kind, name,
-                                         message)
+        msg_id = await run_write(request, _queues(state).send, principal.scope, kind, name,
+                                 message)
         state.poll_wakeups.wake(f"{kind}:{name}")
         return {"id": msg_id}
 
