@@ -141,7 +141,10 @@ class Unit:
             self._starting = True
             try:
                 if _ON_LOOP.get():
-                    _begin_nowait(conn)
+                    try:
+                        _begin_nowait(conn)
+                    finally:
+                        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 else:
                     conn.execute("BEGIN IMMEDIATE")
             except BaseException:
@@ -240,7 +243,8 @@ _ON_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("ekodb_on_loop",
 
 
 def _begin_nowait(conn: sqlite3.Connection) -> None:
-    """``BEGIN IMMEDIATE`` that raises :class:`WouldWait` instead of waiting for the lock."""
+    """``BEGIN IMMEDIATE`` that raises :class:`WouldWait` instead of waiting for the lock.
+    It leaves the connection's busy timeout at 0: the caller restores it."""
     conn.execute("PRAGMA busy_timeout=0")
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -248,8 +252,6 @@ def _begin_nowait(conn: sqlite3.Connection) -> None:
         if is_busy(exc):
             raise WouldWait from None
         raise
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def on_loop() -> bool:
@@ -316,14 +318,8 @@ class Storage:
         """
         conn = self._lease()
         try:
-            conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if is_busy(exc):
-                    raise WouldWait from None
-                raise
+            _begin_nowait(conn)  # busy timeout and FULL come back in _settle_lease
             try:
                 yield conn
                 conn.execute("COMMIT")
