@@ -128,7 +128,8 @@ def create_app(
     mw: Any = app.add_middleware
     if config.compiled_routes:  # FastAPI's routes without its per-request routing and solving
         mw(CompiledRoutes, routes=[r for router in included for r in router.routes],
-           error_handlers=app.exception_handlers)
+           error_handlers=app.exception_handlers,
+           dependency_overrides=app.dependency_overrides)
     mw(IdempotencyMiddleware, store=st.idempotency, owner_of=st.owner_of, guard=st,
        wait_seconds=config.idempotency_wait,
        # an answer echoes at most a body plus ids: keep every JSON answer replayable

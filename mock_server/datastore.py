@@ -52,7 +52,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -493,7 +493,7 @@ class DataStore:
         return None if row is None else self._open(collection, record_id, row[0])
 
     def _scan(self, conn: sqlite3.Connection, collection: str,
-              cidx: bytes) -> Iterator[dict[str, Any]]:
+              cidx: bytes) -> Generator[dict[str, Any], None, None]:
         """Every record of a collection, in insertion order. Never on the event loop
         (:func:`~mock_server.storage.on_loop`): a collection may be large."""
         if on_loop():
@@ -646,7 +646,9 @@ class DataStore:
             return record
         record = schema.conform(record, new=new)
         if schema.unique_fields():
-            check_unique(schema, record, self._scan(conn, collection, cidx))
+            # closed at once, duplicate or not: an open scan pins its WAL snapshot
+            with closing(self._scan(conn, collection, cidx)) as records:
+                check_unique(schema, record, records)
         return record
 
     @contextmanager

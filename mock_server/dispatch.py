@@ -159,7 +159,11 @@ class _Solved:
 
 async def _solve(step: _Step, solved: _Solved) -> Any:
     """Call ``step`` with its arguments, as FastAPI's solve_dependencies does: dependencies
-    first, in order (each called unless its own parameters failed), errors collected."""
+    first, in order, each called unless its own parameters (or its own dependencies')
+    failed, errors collected. A failure elsewhere does not skip a step: authentication
+    still runs (and counts against the rate limit) when another dependency's option was
+    invalid."""
+    start = len(solved.errors)
     kwargs: dict[str, Any] = {}
     for child in step.children:
         if child.use_cache and child.call in solved.cache:
@@ -179,7 +183,7 @@ async def _solve(step: _Step, solved: _Solved) -> Any:
         kwargs[step.request_name] = solved.request
     if step.response_name is not None:
         kwargs[step.response_name] = solved.sub_response()
-    if solved.errors:
+    if len(solved.errors) != start:
         return None
     if step.is_async:
         return await step.call(**kwargs)
@@ -233,9 +237,13 @@ class CompiledRoutes:
     """
 
     def __init__(self, app: ASGIApp, routes: Iterable[object],
-                 error_handlers: dict[Any, ErrorHandler]) -> None:
+                 error_handlers: dict[Any, ErrorHandler],
+                 dependency_overrides: dict[Any, Any] | None = None) -> None:
         self.app = app
         self._handlers = error_handlers
+        #: The app's ``dependency_overrides`` (a live dict): while any is set, FastAPI
+        #: serves every request, so overrides apply as they would without this layer.
+        self._overrides = dependency_overrides if dependency_overrides is not None else {}
         #: (method, leading literal segments) → the routes that may match, in router order;
         #: an uncompiled one keeps its place (None) so that FastAPI serves what it matches
         self._table: dict[tuple[str, tuple[str, ...]], list[tuple[APIRoute, _Route | None]]]
@@ -284,7 +292,7 @@ class CompiledRoutes:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._overrides:
             await self.app(scope, receive, send)
             return
         matched = self._match(scope)

@@ -171,6 +171,24 @@ class Unit:
         finally:
             self._depth, self._frame = 0, None
 
+    def _unbegin(self) -> None:
+        """Roll back everything since BEGIN and give the lock back; the unit stays joinable.
+
+        For a refused attempt on the event loop (:meth:`Storage.on_loop`) that began the
+        unit: its retry from a thread must not find the lock held by a unit that waits for
+        a worker thread (writers queued on the lock may hold them all).
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        finally:
+            self._storage._give_back(conn)
+        effects, self._effects = self._effects, _Effects()
+        _run_all(effects.rolled_back, "a rollback")
+
     def _effects_now(self) -> _Effects:
         if self._frame is None:
             raise RuntimeError("after_commit/on_rollback outside a transaction")
@@ -406,16 +424,21 @@ class Storage:
         A small keyed write costs less on the loop than its hop to a worker thread and
         back; its unit's COMMIT runs on the loop anyway. Nothing may wait there: taking the
         write lock raises :class:`WouldWait` when another connection holds it, and code that
-        checks :func:`on_loop` refuses long work. A refusal inside a transaction rolls back
-        its savepoint (the unit keeps the lock it took), so the caller simply runs the same
-        call again from a thread. Without a unit (no Idempotency-Key) it refuses at once:
-        such a write's own COMMIT and fsync would run on the loop.
+        checks :func:`on_loop` refuses long work. A refusal (any exception) rolls the unit's
+        transaction back and releases the lock, so the caller simply runs the same call
+        again from a thread, which begins afresh. It refuses at once without a unit (no
+        Idempotency-Key: such a write's own COMMIT and fsync would run on the loop) and with
+        a unit that already wrote (a refusal could not give back a lock it did not take).
         """
-        if self._unit() is None:
+        unit = self._unit()
+        if unit is None or unit.begun:
             raise WouldWait
         token = _ON_LOOP.set(True)
         try:
             yield
+        except BaseException:
+            unit._unbegin()
+            raise
         finally:
             _ON_LOOP.reset(token)
 

@@ -62,6 +62,27 @@ async def test_unexpected_exception_is_enveloped_500(tmp_path: Path) -> None:
     app.state.ekodb.close()
 
 
+async def test_dependency_overrides_apply_to_compiled_routes(tmp_path: Path) -> None:
+    """The compiled route table steps aside while FastAPI's dependency_overrides are set,
+    so an override (a test double) takes effect as it would without it."""
+    from mock_server.errors import bad_request
+    from mock_server.routes.compat import client_options
+
+    app = create_app(ServerConfig(data_dir=tmp_path), environ={})
+
+    async def overridden() -> None:
+        raise bad_request("overridden", "validation_error")
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/api/collections")).status_code == 401  # compiled path
+        app.dependency_overrides[client_options] = overridden
+        r = await client.get("/api/collections")
+        app.dependency_overrides.clear()
+    assert r.status_code == 400 and r.json()["error"]["message"] == "overridden"
+    app.state.ekodb.close()
+
+
 def test_json_depth_iterative() -> None:
     assert json_depth('{"a": [1, {"b": "[[[["}]}') == 3
     assert json_depth("[" * 100_000 + "]" * 100_000) == 100_000

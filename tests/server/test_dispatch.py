@@ -22,6 +22,8 @@ from mock_server.dispatch import CompiledRoutes
 from mock_server.routes import ROUTERS
 from mock_server.server import ReferenceServer
 
+from .conftest import Api
+
 ADMIN = "eko_test_dispatch_admin_key_0123456789"
 #: Headers whose values must agree (others, like dates and request ids, differ per server).
 COMPARED_HEADERS = ("content-type", "allow", "x-has-more", "location", "retry-after")
@@ -116,6 +118,12 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/queue/q/peek?limit=0", {"auth": False}),
     ("GET", "/api/find/things/x?bypass_ripple=maybe", {"auth": False}),
     ("GET", "/api/find/things/x", {"auth": False, "headers": {"Authorization": "Bearer x"}}),
+    # a dependency's invalid option does not skip authentication (a later dependency)
+    ("GET", "/api/find/things/x?transaction_id=" + "t" * 129, {"auth": False}),
+    ("GET", "/api/find/things/x?bypass_ripple=" + "b" * 9, {"auth": False}),
+    ("GET", "/api/kv/get/k?transaction_id=", {"auth": False}),
+    ("GET", "/api/find/things/x?bypass_ripple=" + "b" * 9,
+     {"auth": False, "headers": {"Authorization": "Bearer x"}}),
     # not found, wrong method, unknown paths
     ("GET", "/api/find/things/nope", {}),
     ("GET", "/api/find/missing_collection/nope", {}),
@@ -155,6 +163,17 @@ def test_compiled_routes_answer_as_fastapi_does(pair: Pair, method: str, url: st
                                                 kwargs: dict[str, Any]) -> None:
     compiled, plain = pair.both(method, url, **dict(kwargs))
     assert compiled == plain
+
+
+def test_requests_with_invalid_options_still_count_against_the_rate_limit(api: Api) -> None:
+    """Authentication (and its rate-limit count) runs even when another dependency's query
+    option is invalid, as under FastAPI: such requests cannot bypass the key's limit."""
+    key = api.create_key("limited", rate_limit=3,
+                         collection_permissions={"things": ["read"]})["api_key"]
+    h = api.headers(key)  # the token exchange counts once
+    statuses = [api.http.get("/api/find/things/x?bypass_ripple=" + "b" * 9,
+                             headers=h).status_code for _ in range(4)]
+    assert statuses[:2] == [400, 400] and statuses[-1] == 429, statuses
 
 
 def test_hot_routes_are_compiled() -> None:

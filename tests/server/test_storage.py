@@ -242,21 +242,44 @@ def test_a_unit_on_the_loop_refuses_to_wait_for_the_write_lock(storage: Storage,
     assert committed(tmp_path) == ["written"]
 
 
-def test_a_refusal_on_the_loop_inside_the_unit_undoes_only_that_attempt(
+def test_a_refusal_on_the_loop_gives_the_lock_back_and_undoes_the_attempt(
         storage: Storage, tmp_path: Path) -> None:
-    """Long work refused on the loop after the unit took the lock (a whole-collection scan
-    raises inside the transaction) leaves nothing of the attempt; run again, it commits once."""
+    """Long work refused on the loop after the attempt took the write lock (a whole-
+    collection scan raises inside the transaction) leaves nothing of it and releases the
+    lock at once: the retry waits for a worker thread, and writers queued on the lock may
+    hold every one of them. The retry then begins afresh and commits once."""
     class Refused(Exception):
         pass
 
-    with storage.unit() as unit:
-        with pytest.raises(Refused), storage.on_loop(), storage.transaction() as conn:
-            conn.execute("INSERT INTO t_items(name) VALUES ('attempt')")
-            raise Refused
-        assert unit.begun  # it keeps the lock it took
-        add(storage, "attempt")
-    assert unit.commit()
+    undone: list[str] = []
+    other = sqlite3.connect(tmp_path / "ekodb.sqlite3", isolation_level=None, timeout=0)
+    try:
+        with storage.unit() as unit:
+            with pytest.raises(Refused), storage.on_loop():
+                with storage.transaction() as conn:  # a first step that succeeds...
+                    conn.execute("INSERT INTO t_items(name) VALUES ('first step')")
+                    storage.on_rollback(lambda: undone.append("first step"))
+                with storage.transaction() as conn:  # ...then a refusal
+                    conn.execute("INSERT INTO t_items(name) VALUES ('attempt')")
+                    raise Refused
+            assert not unit.begun and undone == ["first step"]
+            other.execute("BEGIN IMMEDIATE")  # the lock is free: no wait (timeout=0)
+            other.execute("ROLLBACK")
+            add(storage, "attempt")
+        assert unit.commit()
+    finally:
+        other.close()
     assert committed(tmp_path) == ["attempt"]
+
+
+def test_on_loop_refuses_a_unit_that_already_wrote(storage: Storage) -> None:
+    """A refusal could not give back a lock the attempt did not take: refused up front."""
+    with storage.unit() as unit:
+        add(storage, "earlier")
+        with pytest.raises(WouldWait), storage.on_loop():
+            pass
+        assert unit.begun
+    assert unit.commit()
 
 
 def test_on_loop_refuses_a_write_outside_a_unit(storage: Storage) -> None:
