@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import WebSocketRoute
 
 from mock_server.asgi import ASGIApp, Receive, Scope, Send
 
@@ -253,8 +254,8 @@ class CompiledRoutes:
         for route in routes:
             path = getattr(route, "path", "")
             if not isinstance(route, APIRoute):
-                if isinstance(path, str) and path.startswith("/") and "{" not in path:
-                    continue  # a literal path (the WebSocket route): no HTTP request matches
+                if isinstance(route, WebSocketRoute):
+                    continue  # matches WebSocket connections only, never an HTTP request
                 self._table = {}  # anything else might match any path: keep FastAPI's order
                 self.skipped["*"] = f"{type(route).__name__} {path!r} may match any path"
                 return

@@ -189,5 +189,19 @@ def test_hot_routes_are_compiled() -> None:
     assert set(table.skipped) == {"GET /api/metrics"}  # a plain-text answer
 
 
+def test_a_route_it_cannot_place_leaves_all_routing_to_fastapi() -> None:
+    """A plain Starlette route may match any request in its place: rather than guess the
+    order, the table serves nothing and FastAPI routes everything."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    def plain(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    routes = [Route("/api/find/x/y", plain), *[r for router in ROUTERS for r in router.routes]]
+    table = CompiledRoutes(_unused_app, routes, {})
+    assert not table.compiled and "*" in table.skipped
+
+
 async def _unused_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("not called")
