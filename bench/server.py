@@ -11,7 +11,8 @@ psutil before and after a batch), so client cost never counts. Each round runs e
 (operation, client) pair once, interleaved, so drift on a shared machine hits all alike; the
 table shows the median and the range over rounds. ``find`` asks for the first 10 of
 ``team == "a"`` (every second record); ``find (scan)`` for a value no record has, so it
-reads and decrypts all ``--records`` of them. ``--threads`` clients share one keep-alive
+reads and decrypts all ``--records`` of them; ``queue poll`` claims one message from a
+queue filled before the rounds. ``--threads`` clients share one keep-alive
 TLS pool. ``--profile OP`` runs ``py-spy record`` (``pip install py-spy``) on the server
 while OP is measured and writes ``bench-server-OP.svg``.
 """
@@ -68,8 +69,12 @@ def _raw_ops(http: httpx.Client, token: str, coll: str, ids: list[str],
         return http.post(f"/api/queue/{queue}/send", json={"n": i},
                          headers={**h, "Idempotency-Key": uuid.uuid4().hex}).raise_for_status()
 
+    def poll(i: int) -> object:  # one message claimed (never acked) from the prefilled queue
+        return http.post(f"/api/queue/{queue}/poll", params={"limit": 1, "claim_ttl": 600},
+                         headers={**h, "Idempotency-Key": uuid.uuid4().hex}).raise_for_status()
+
     return {"get": get, "find": find, "find (scan)": scan, "insert": insert,
-            "queue send": send}
+            "queue send": send, "queue poll": poll}
 
 
 def _sdk_ops(client: Client, coll: str, ids: list[str], queue: str) -> dict[str, Op]:
@@ -82,6 +87,7 @@ def _sdk_ops(client: Client, coll: str, ids: list[str], queue: str) -> dict[str,
         "find (scan)": lambda i: ds.find(coll, none, limit=10),
         "insert": lambda i: ds.insert(f"{coll}_w", {"n": i, "team": "c"}),
         "queue send": lambda i: q.send(queue, {"n": i}),
+        "queue poll": lambda i: q.poll(queue, limit=1, claim_ttl=600),
     }
 
 
@@ -107,7 +113,7 @@ def main() -> None:
                         help="the server's event loop (auto: uvloop when installed)")
     parser.add_argument("--http", choices=("auto", "httptools", "h11"), default="auto",
                         help="the server's HTTP parser (auto: httptools when installed)")
-    parser.add_argument("--ops", default="get,find,find (scan),insert,queue send",
+    parser.add_argument("--ops", default="get,find,find (scan),insert,queue send,queue poll",
                         help="comma-separated operations to measure (default: all)")
     parser.add_argument("--profile", metavar="OP", help="py-spy the server during OP (raw)")
     parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
@@ -135,6 +141,10 @@ def main() -> None:
             inserts = [{"data": {"n": i, "team": "ab"[i % 2]}} for i in range(args.records)]
             ids = http.post(f"/api/batch/insert/{coll}", json={"inserts": inserts},
                             headers=h).json()["successful"]
+            # messages for every poll of every round and client (polls claim one each)
+            for _ in range(0, 2 * args.requests * (args.rounds + 1) + 1, 1000):
+                http.post(f"/api/queue/{queue}/sendbatch", json=[{"n": 0}] * 1000,
+                          headers=h).raise_for_status()
             wanted = [op.strip() for op in args.ops.split(",")]
             variants = {
                 who: {name: op for name, op in ops.items() if name in wanted}
