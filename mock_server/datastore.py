@@ -89,7 +89,7 @@ from mock_server.schemas import (
     parse_constraints,
     parse_schema,
 )
-from mock_server.storage import Storage, on_loop, register_schema
+from mock_server.storage import Storage, WouldWait, on_loop, register_schema
 
 __all__ = ["MAX_BATCH", "OVERLAY", "Caller", "DataStore", "FindPage", "Overlay",
            "merge_changes"]
@@ -111,9 +111,10 @@ _FIND_KEYS: Final = ("filter", "sort", "limit", "skip", "cursor", "select_fields
                      "exclude_fields")
 
 
-class TooLargeInline(Exception):
+class TooLargeInline(WouldWait):
     """Work asked to stay cheap (on an event loop) met a large record, a transaction or a
-    whole-collection scan: nothing was done, run it again from a worker thread."""
+    whole-collection scan: nothing was done, run it again from a worker thread (a
+    :class:`~mock_server.storage.WouldWait`, as a held write lock is)."""
 
 
 @dataclass(frozen=True)
@@ -527,7 +528,8 @@ class DataStore:
                 raise TooLargeInline
             # inside a transaction: the overlay's order (committed records, then staged
             # inserts); positions stand in for sequence numbers within the transaction
-            yield from enumerate(self._scan(conn, collection, cidx), start=1)
+            with closing(self._scan(conn, collection, cidx)) as records:
+                yield from enumerate(records, start=1)
             return
         cur = conn.execute("SELECT seq, ridx, rid, data FROM ds_records "
                            "WHERE cidx = ? AND seq > ? ORDER BY seq", (cidx, after))
@@ -761,7 +763,8 @@ class DataStore:
             cidx = self._exists(tx.conn, collection)
             before = self._schemas.get(tx.conn, collection, cidx)
             schema = parse_constraints(body, before)
-            check_existing(schema, self._scan(tx.conn, collection, cidx))
+            with closing(self._scan(tx.conn, collection, cidx)) as records:
+                check_existing(schema, records)  # closed at once, a violation or not
             self._schemas.put(tx.conn, collection, cidx, schema)
             self._index_declared(tx.conn, collection, cidx, indexed_fields(before),
                                  indexed_fields(schema))

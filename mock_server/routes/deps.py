@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from mock_server.auth import Principal
-from mock_server.datastore import TooLargeInline
 from mock_server.http_json import parse_model
 from mock_server.state import AppState
 from mock_server.storage import WouldWait
@@ -67,7 +66,7 @@ async def run_write(request: Request, fn: Callable[..., T], *args: Any) -> T:
     again from a thread. The hop to a worker thread and back cost a third of a keyed
     insert's CPU."""
     if len(await request.body()) <= INLINE_WRITE_BYTES:
-        with suppress(WouldWait, TooLargeInline), state_of(request).storage.on_loop():
+        with suppress(WouldWait), state_of(request).storage.on_loop():
             return fn(*args)
     return await run_in_threadpool(fn, *args)
 

@@ -7,12 +7,26 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
+from mock_server.permissions import Scope
 from mock_server.pytest_plugin import ServerInfo
+
+
+@dataclass(frozen=True)
+class Who:
+    """A caller of the domain modules (DataStore and friends) in tests without HTTP."""
+
+    key_id: str
+    label: str
+    scope: Scope
+
+
+ADMIN = Who("key_admin", "admin", Scope.from_raw({}, is_admin=True, read_only=False))
 
 
 def tls_context(info: ServerInfo) -> ssl.SSLContext:

@@ -7,7 +7,6 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from mock_server.errors import ApiError
 from mock_server.permissions import Scope
 from mock_server.pytest_plugin import ServerInfo
 from mock_server.storage import DB_FILE, Storage
-from tests.server.conftest import Api, assert_error
+from tests.server.conftest import ADMIN, Api, Who, assert_error
 
 H = dict[str, str]
 
@@ -584,16 +583,6 @@ def test_server_publishes_every_write_to_the_change_feed(api: Api, store: Store)
         ("insert", rid), ("update", rid), ("insert", bid), ("update", bid),
         ("delete", bid), ("delete", rid)]
     assert all(in_tx for *_, in_tx in seen)
-
-
-@dataclass(frozen=True)
-class Who:
-    key_id: str
-    label: str
-    scope: Scope
-
-
-ADMIN = Who("key_admin", "admin", Scope.from_raw({}, is_admin=True, read_only=False))
 
 
 @pytest.fixture

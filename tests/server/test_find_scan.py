@@ -22,20 +22,9 @@ from mock_server.changes import ChangeFeed
 from mock_server.crypto import KeyRing, aad
 from mock_server.datastore import INLINE_ROW_BYTES, DataStore, TooLargeInline, _RecordCipher
 from mock_server.errors import ApiError
-from mock_server.permissions import Scope
 from mock_server.storage import Storage
 from mock_server.transactions import Transactions
-from tests.server.conftest import Api
-
-
-@dataclass(frozen=True)
-class Who:
-    key_id: str
-    label: str
-    scope: Scope
-
-
-ADMIN = Who("key_admin", "admin", Scope.from_raw({}, is_admin=True, read_only=False))
+from tests.server.conftest import ADMIN, Api
 
 
 def cond(field: str, op: str, value: Any) -> dict[str, Any]:
@@ -227,6 +216,22 @@ def test_count_and_distinct_read_as_they_go_and_end_their_scan(
     with pytest.raises(ApiError, match="distinct values"):  # stops early, mid-scan
         actions.distinct(ADMIN, "c", "n", None)
     assert _wal_resettable(dom.storage)
+
+
+def test_a_refused_write_ends_its_scan_while_the_error_is_still_held(dom: Domain) -> None:
+    """A unique check or a schema change that stops at a violating record ends its scan at
+    once, even while the exception (and its traceback) lives on in the caller: an open scan
+    pins its WAL snapshot, so the log could not be checkpointed meanwhile."""
+    dom.fill("c", 200)
+    with pytest.raises(ApiError) as violation:
+        dom.ds.update_schema(ADMIN, "c", {"constraints": {
+            "team": {"field_type": "string", "unique": True}}})
+    assert violation.value.status == 409 and _wal_resettable(dom.storage)
+    dom.ds.update_schema(ADMIN, "c", {"constraints": {
+        "n": {"field_type": "integer", "unique": True}}})
+    with pytest.raises(ApiError) as duplicate:
+        dom.ds.insert(ADMIN, "c", {"n": 150, "team": "a"})
+    assert duplicate.value.code == "unique_violation" and _wal_resettable(dom.storage)
 
 
 @pytest.mark.parametrize("record_id", ["plain-id_1", "with|bar", "back\\slash", "|\\|"])

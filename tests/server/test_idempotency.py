@@ -19,6 +19,14 @@ def keys_labelled(api: Api, label: str) -> list[dict[str, Any]]:
             if k["label"] == label]
 
 
+
+def wait_until_held(api: Api, admin: dict[str, str], timeout: float = 10) -> None:
+    """Until the fault rule holds a request (``GET /api/_faults`` reports it)."""
+    deadline = time.monotonic() + timeout
+    while api.http.get("/api/_faults", headers=admin).json()["holding"] == 0:
+        assert time.monotonic() < deadline, "the fault never held the request"
+        time.sleep(0.01)
+
 def test_replay_returns_first_result_and_applies_once(api: Api) -> None:
     h = {**api.admin, "Idempotency-Key": str(uuid.uuid4())}
     label = "idem-" + uuid.uuid4().hex[:8]
@@ -195,10 +203,7 @@ def test_an_answer_is_sent_only_once_its_write_is_committed(api: Api) -> None:
 
         writer = threading.Thread(target=write)
         writer.start()
-        deadline = time.monotonic() + 10
-        while api.http.get("/api/_faults", headers=admin).json()["holding"] == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until_held(api, admin)
         # the write ran and is held: nobody sees it yet, and its caller has no answer
         assert keys_labelled(api, label) == []
         assert answer == []
@@ -306,10 +311,7 @@ def test_a_keyed_write_behind_a_held_commit_waits_for_it_and_then_applies(api: A
 
         writer = threading.Thread(target=write)
         writer.start()
-        deadline = time.monotonic() + 10
-        while api.http.get("/api/_faults", headers=admin).json()["holding"] == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until_held(api, admin)
         second = api.http.post(f"/api/insert/{other}", json={"n": 2},
                                headers={**admin, "Idempotency-Key": uuid.uuid4().hex})
         assert second.status_code == 200

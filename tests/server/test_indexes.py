@@ -22,22 +22,12 @@ from mock_server.crypto import KeyRing
 from mock_server.datastore import DataStore
 from mock_server.errors import ApiError
 from mock_server.indexes import canonical
-from mock_server.permissions import Scope
 from mock_server.storage import DB_FILE, Storage
 from mock_server.transactions import Transactions
 from mock_server.trash import RecordTtl, Trash
-from tests.server.conftest import Api, assert_error
+from tests.server.conftest import ADMIN, Api, assert_error
 from tests.server.test_encryption_at_rest import scan
 
-
-@dataclass(frozen=True)
-class Who:
-    key_id: str
-    label: str
-    scope: Scope
-
-
-ADMIN = Who("key_admin", "admin", Scope.from_raw({}, is_admin=True, read_only=False))
 INDEXED = {"fields": {"v": {"field_type": "Any", "index": {"type": "hash"}},
                       "w": {"field_type": "Any", "index": {"type": "btree"}}}}
 
